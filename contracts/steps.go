@@ -1,0 +1,229 @@
+package contracts
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Op is an operation of a worker service, the last token of its command subjects.
+type Op string
+
+// Operations of the connector.
+const (
+	OpConnect Op = "connect"
+	OpTunnel  Op = "tunnel"
+	OpClose   Op = "close"
+)
+
+// Operations of transfer.
+const (
+	OpCopyRemote Op = "copy-remote" // copy files on a remote host, server side
+	OpPull       Op = "pull"        // remote host → staging
+	OpPush       Op = "push"        // staging → customer server
+	OpDeliver    Op = "deliver"     // staging → operator's home directory
+)
+
+// Operations of the archiver.
+const (
+	OpArchive Op = "archive" // tar + zstd/gzip with a SHA-256 manifest
+	OpDump    Op = "dump"    // database dump through a tunnel
+)
+
+// Operations of cleanup.
+const (
+	OpRemoveStaging Op = "remove-staging"
+	OpPrune         Op = "prune"
+)
+
+// Schema ids of the step messages.
+const (
+	SchemaStepCommand = "ferry.v1.step.command"
+	SchemaStepEvent   = "ferry.v1.step.event"
+	SchemaProgress    = "ferry.v1.step.progress"
+)
+
+// StepCommand asks a worker service to execute one attempt of one step of a job.
+// It is published on CommandSubject(Service, Op) with Nats-Msg-Id CommandMsgID.
+type StepCommand struct {
+	Schema  string  `json:"schema"`
+	JobID   string  `json:"job_id"`
+	Action  Action  `json:"action"`
+	Step    string  `json:"step"`
+	Attempt int     `json:"attempt"`
+	Service Service `json:"service"`
+	Op      Op      `json:"op"`
+	// Deadline is when the orchestrator stops waiting for this attempt; a worker that
+	// receives the command later does not start it.
+	Deadline time.Time `json:"deadline"`
+	// Args are the operation's arguments (one of the *Args types below).
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// StepEventKind says what happened to a step attempt.
+type StepEventKind string
+
+// Step event kinds.
+const (
+	StepSucceeded StepEventKind = "succeeded"
+	StepFailed    StepEventKind = "failed"
+)
+
+// StepEvent reports the end of one step attempt, on StepEventSubject(job).
+type StepEvent struct {
+	Schema  string        `json:"schema"`
+	JobID   string        `json:"job_id"`
+	Step    string        `json:"step"`
+	Attempt int           `json:"attempt"`
+	Service Service       `json:"service"`
+	Op      Op            `json:"op"`
+	Kind    StepEventKind `json:"kind"`
+	// Error is set when Kind is failed.
+	Error *StepError `json:"error,omitempty"`
+	// Output is the operation's result (one of the *Result types below).
+	Output json.RawMessage `json:"output,omitempty"`
+	// Bytes moved or written by the step, when it moves bytes.
+	Bytes    int64         `json:"bytes,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+	Worker   string        `json:"worker,omitempty"`
+	Time     time.Time     `json:"time"`
+}
+
+// Error codes of StepError.
+const (
+	CodeNotSupported   = "not_supported"   // the operation is not implemented by this version
+	CodeInvalidCommand = "invalid_command" // a command that can never succeed (poison)
+	CodeTimeout        = "timeout"
+	CodeCancelled      = "cancelled"
+	CodeUnreachable    = "unreachable"
+	CodeAuth           = "auth_failed"
+	CodeHostKey        = "host_key"
+	CodeNotFound       = "not_found"
+	CodeRemoteWrite    = "remote_write"
+	CodeVerify         = "verify_failed"
+	CodeInternal       = "internal"
+)
+
+// StepError is a failed step attempt. Message is for people and never holds a secret.
+type StepError struct {
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	Retryable bool   `json:"retryable"`
+}
+
+func (e *StepError) Error() string { return e.Message }
+
+// Progress reports bytes done of a long step, on ProgressSubject(job), at most a few
+// times a second.
+type Progress struct {
+	Schema  string    `json:"schema"`
+	JobID   string    `json:"job_id"`
+	Step    string    `json:"step"`
+	Attempt int       `json:"attempt"`
+	File    string    `json:"file,omitempty"`
+	Done    int64     `json:"done"`
+	Total   int64     `json:"total"`
+	Time    time.Time `json:"time"`
+}
+
+// ConnectArgs opens (or re-verifies) an SSH session to a host and records a lease.
+type ConnectArgs struct {
+	Host string `json:"host"`
+}
+
+// ConnectResult is the lease a connect step recorded.
+type ConnectResult struct {
+	Lease       string    `json:"lease"`
+	Fingerprint string    `json:"fingerprint"`
+	Expires     time.Time `json:"expires"`
+}
+
+// TunnelArgs forwards a listener on the connector to Remote (host:port as seen from Host).
+type TunnelArgs struct {
+	Host   string `json:"host"`
+	Remote string `json:"remote"`
+}
+
+// TunnelResult says where the tunnel listens.
+type TunnelResult struct {
+	Addr string `json:"addr"`
+}
+
+// CloseArgs closes every lease, connection and tunnel of the job.
+type CloseArgs struct{}
+
+// CopyRemoteArgs copies Sources into DestDir on Host, server side where possible.
+type CopyRemoteArgs struct {
+	Host    string   `json:"host"`
+	Sources []string `json:"sources"`
+	DestDir string   `json:"dest_dir"`
+}
+
+// PullArgs copies files from Host into the job's staging area Into.
+type PullArgs struct {
+	Host       string   `json:"host"`
+	Paths      []string `json:"paths"`
+	Since      Duration `json:"since,omitempty"`
+	MaxSize    Size     `json:"max_size,omitempty"`
+	AllowEmpty bool     `json:"allow_empty,omitempty"`
+	Into       string   `json:"into"`
+}
+
+// ArchiveArgs archives the staging area From of the job into Name with a manifest.
+type ArchiveArgs struct {
+	From        string `json:"from"`
+	Name        string `json:"name"`
+	Compression string `json:"compression"`
+}
+
+// ArtifactResult describes a file written to staging (archive, dump) and its manifest.
+type ArtifactResult struct {
+	Name     string `json:"name"`
+	Manifest string `json:"manifest,omitempty"`
+	Size     int64  `json:"size"`
+	SHA256   string `json:"sha256"`
+	Files    int    `json:"files,omitempty"`
+}
+
+// DumpArgs dumps a database through the tunnel at Addr into staging.
+type DumpArgs struct {
+	Engine     string `json:"engine"`
+	Database   string `json:"database"`
+	Addr       string `json:"addr"`
+	User       string `json:"user,omitempty"`
+	Credential string `json:"credential,omitempty"`
+	Name       string `json:"name"`
+}
+
+// PushArgs sends a staged artifact (and its manifest) to DestDir on Host: temporary
+// name, size and SHA-256 verified, then renamed into place. Unpack delivers the tree.
+type PushArgs struct {
+	Host     string `json:"host"`
+	Artifact string `json:"artifact"`
+	DestDir  string `json:"dest_dir"`
+	Unpack   bool   `json:"unpack,omitempty"`
+}
+
+// DeliverArgs sends a staged artifact to the operator's computer under DestDir/Name.
+type DeliverArgs struct {
+	Host     string `json:"host"`
+	Artifact string `json:"artifact"`
+	DestDir  string `json:"dest_dir"`
+	Name     string `json:"name"`
+}
+
+// DeliveryResult says where a pushed or delivered file landed.
+type DeliveryResult struct {
+	Paths []string `json:"paths"`
+	Bytes int64    `json:"bytes"`
+}
+
+// RemoveStagingArgs removes the job's staging area.
+type RemoveStagingArgs struct{}
+
+// PruneArgs keeps the newest Keep files ferry wrote in Dir on Host that match Prefix.
+type PruneArgs struct {
+	Host   string `json:"host"`
+	Dir    string `json:"dir"`
+	Prefix string `json:"prefix"`
+	Keep   int    `json:"keep"`
+}
