@@ -1,0 +1,130 @@
+// Package bus connects ferry's services to NATS JetStream: connection with reconnect,
+// idempotent provisioning of streams, consumers and buckets, publishing with message
+// ids, and an embedded server for the all-in-one mode and tests.
+package bus
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Config says how to reach NATS. Password and credentials are secrets: LogValue masks them.
+type Config struct {
+	URL      string // nats://host:4222, comma-separated for a cluster
+	Name     string // connection name shown by the server
+	User     string
+	Password string
+	Creds    string // path to a .creds file
+	CAFile   string // CA of the server's TLS certificate
+	CertFile string // client certificate (mutual TLS)
+	KeyFile  string
+	// ConnectTimeout bounds the first connection (default 10 s; the connection then
+	// reconnects forever).
+	ConnectTimeout time.Duration
+	// InProcess connects to an embedded server without a socket.
+	InProcess nats.InProcessConnProvider
+}
+
+// LogValue keeps secrets out of logs.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("url", c.URL), slog.String("name", c.Name), slog.String("user", c.User),
+		slog.Bool("password_set", c.Password != ""), slog.String("creds", c.Creds),
+		slog.String("ca", c.CAFile), slog.Bool("in_process", c.InProcess != nil))
+}
+
+// Connect dials NATS, retrying until ctx ends or ConnectTimeout passes, and then keeps
+// reconnecting forever. Connection state changes are logged.
+func Connect(ctx context.Context, cfg Config, log *slog.Logger) (*nats.Conn, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(false),
+		nats.PingInterval(10 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("nats disconnected", "error", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			log.Error("nats async error", "subject", subj, "error", err)
+		}),
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	if cfg.Creds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.Creds))
+	}
+	if cfg.CAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.CAFile), nats.TLSHandshakeFirst())
+		opts = append(opts, nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
+	}
+	if cfg.CertFile != "" {
+		opts = append(opts, nats.ClientCert(cfg.CertFile, cfg.KeyFile))
+	}
+	if cfg.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(cfg.InProcess))
+	}
+	url := cfg.URL
+	if url == "" {
+		url = nats.DefaultURL
+	}
+	timeout := cfg.ConnectTimeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var lastErr error
+	for {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil {
+			return nc, nil
+		}
+		lastErr = err
+		if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) {
+			return nil, fmt.Errorf("connecting to NATS at %s as %q: %w", redact(url), cfg.User, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connecting to NATS at %s: %w", redact(url), lastErr)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// redact drops user info from a URL for messages.
+func redact(url string) string {
+	for i := 0; i+3 < len(url); i++ {
+		if url[i:i+3] == "://" {
+			rest := url[i+3:]
+			for j := 0; j < len(rest); j++ {
+				if rest[j] == '@' {
+					return url[:i+3] + "***@" + rest[j+1:]
+				}
+				if rest[j] == '/' {
+					break
+				}
+			}
+		}
+	}
+	return url
+}

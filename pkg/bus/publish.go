@@ -1,0 +1,48 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/ferrydesk/ferry/contracts"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Message builds a JSON message with a correlation id header.
+func Message(subject string, v any, correlationID string) (*nats.Msg, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encoding message for %s: %w", subject, err)
+	}
+	m := nats.NewMsg(subject)
+	m.Data = data
+	if correlationID != "" {
+		m.Header.Set(contracts.HeaderCorrelationID, correlationID)
+	}
+	return m, nil
+}
+
+// Publish stores v as JSON on a stream subject with Nats-Msg-Id msgID, so a retried
+// publish is stored once, and waits for the stream's acknowledgement.
+func Publish(ctx context.Context, js jetstream.JetStream, subject string, v any, msgID, correlationID string) error {
+	m, err := Message(subject, v, correlationID)
+	if err != nil {
+		return err
+	}
+	if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID)); err != nil {
+		return fmt.Errorf("publishing %s (%s): %w", subject, msgID, err)
+	}
+	return nil
+}
+
+// SignalCancel tells every worker to abort in-flight work of job (core NATS, not
+// stored: a worker that misses it is stopped by the step's deadline instead).
+func SignalCancel(nc *nats.Conn, job string) error {
+	m, err := Message(contracts.CancelSignalSubject(job), contracts.CancelRequest{Schema: contracts.SchemaCancel, JobID: job}, job)
+	if err != nil {
+		return err
+	}
+	return nc.PublishMsg(m)
+}
