@@ -77,12 +77,14 @@ type Step struct {
 	State   StepState `json:"state"`
 	Attempt int       `json:"attempt"`
 	// Dispatched is set once the command of the current attempt was published.
-	Dispatched bool       `json:"dispatched,omitempty"`
-	Started    time.Time  `json:"started,omitzero"`
-	Ended      time.Time  `json:"ended,omitzero"`
-	Deadline   time.Time  `json:"deadline,omitzero"`
-	RetryAt    time.Time  `json:"retry_at,omitzero"`
-	Error      *StepError `json:"error,omitempty"`
+	Dispatched bool `json:"dispatched,omitempty"`
+	// Started is when the first attempt started; AttemptStarted when the current one did.
+	Started        time.Time  `json:"started,omitzero"`
+	AttemptStarted time.Time  `json:"attempt_started,omitzero"`
+	Ended          time.Time  `json:"ended,omitzero"`
+	Deadline       time.Time  `json:"deadline,omitzero"`
+	RetryAt        time.Time  `json:"retry_at,omitzero"`
+	Error          *StepError `json:"error,omitempty"`
 	// Output is the result of the successful attempt.
 	Output json.RawMessage `json:"output,omitempty"`
 	Bytes  int64           `json:"bytes,omitempty"`

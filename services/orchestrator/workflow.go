@@ -1,0 +1,230 @@
+package orchestrator
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/ferrydesk/ferry/contracts"
+)
+
+// Policy says how often a step is tried and how long each attempt may take.
+type Policy struct {
+	Attempts   int           // total attempts, at least 1
+	Backoff    time.Duration // delay before the second attempt, doubled each time
+	MaxBackoff time.Duration
+	Timeout    time.Duration // per attempt
+}
+
+// delay before attempt n+1 after attempt n failed.
+func (p Policy) delay(n int) time.Duration {
+	d := p.Backoff
+	for i := 1; i < n && d < p.MaxBackoff; i++ {
+		d *= 2
+	}
+	if p.MaxBackoff > 0 && d > p.MaxBackoff {
+		d = p.MaxBackoff
+	}
+	return d
+}
+
+// ArgsFunc builds a step's arguments from the job's request and the outputs of the
+// steps before it.
+type ArgsFunc func(req *contracts.JobRequest, job *contracts.Job) (any, error)
+
+// StepDef is one step of a workflow.
+type StepDef struct {
+	Name    string
+	Service contracts.Service
+	Op      contracts.Op
+	// Always marks a closing step: it runs whether the job succeeded, failed or was
+	// cancelled.
+	Always bool
+	Policy Policy
+	Args   ArgsFunc
+}
+
+// Workflow is the ordered steps of an action.
+type Workflow struct {
+	Steps []StepDef
+}
+
+// Workflows maps each action to its workflow.
+type Workflows map[contracts.Action]Workflow
+
+func (w Workflow) def(name string) (StepDef, bool) {
+	for _, d := range w.Steps {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return StepDef{}, false
+}
+
+// Policies used by the default workflows.
+var (
+	policyConnect = Policy{Attempts: 3, Backoff: 2 * time.Second, MaxBackoff: 30 * time.Second, Timeout: 2 * time.Minute}
+	policyBytes   = Policy{Attempts: 5, Backoff: 5 * time.Second, MaxBackoff: time.Minute, Timeout: 6 * time.Hour}
+	policyLocal   = Policy{Attempts: 2, Backoff: 5 * time.Second, MaxBackoff: 30 * time.Second, Timeout: 2 * time.Hour}
+	policyDump    = Policy{Attempts: 3, Backoff: 10 * time.Second, MaxBackoff: 2 * time.Minute, Timeout: 6 * time.Hour}
+	policyClosing = Policy{Attempts: 5, Backoff: time.Second, MaxBackoff: 30 * time.Second, Timeout: 5 * time.Minute}
+)
+
+// Staging names used between steps.
+const (
+	stagingFiles = "files"
+)
+
+// DefaultWorkflows returns the three actions of the helpdesk as data, after the step
+// lists of the source document (see DESIGN.md, "The three actions"). The closing steps
+// (Always) run after success, failure and cancellation alike.
+func DefaultWorkflows() Workflows {
+	closing := []StepDef{
+		{Name: "remove-staging", Service: contracts.ServiceCleanup, Op: contracts.OpRemoveStaging, Always: true, Policy: policyClosing,
+			Args: func(*contracts.JobRequest, *contracts.Job) (any, error) { return contracts.RemoveStagingArgs{}, nil }},
+		{Name: "close", Service: contracts.ServiceConnector, Op: contracts.OpClose, Always: true, Policy: policyClosing,
+			Args: func(*contracts.JobRequest, *contracts.Job) (any, error) { return contracts.CloseArgs{}, nil }},
+	}
+	connect := func(name string, host func(*contracts.JobRequest) string) StepDef {
+		return StepDef{Name: name, Service: contracts.ServiceConnector, Op: contracts.OpConnect, Policy: policyConnect,
+			Args: func(r *contracts.JobRequest, _ *contracts.Job) (any, error) {
+				return contracts.ConnectArgs{Host: host(r)}, nil
+			}}
+	}
+	return Workflows{
+		contracts.ActionUpdate: {Steps: append([]StepDef{
+			connect("connect-operator", func(r *contracts.JobRequest) string { return r.Update.From }),
+			{Name: "copy-to-home", Service: contracts.ServiceTransfer, Op: contracts.OpCopyRemote, Policy: policyBytes,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+					return contracts.CopyRemoteArgs{Host: r.Update.From, Sources: r.Update.Files, DestDir: "ferry/updates/" + j.ID}, nil
+				}},
+			{Name: "pull", Service: contracts.ServiceTransfer, Op: contracts.OpPull, Policy: policyBytes,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+					return contracts.PullArgs{Host: r.Update.From, Paths: []string{"ferry/updates/" + j.ID}, Into: stagingFiles}, nil
+				}},
+			{Name: "archive", Service: contracts.ServiceArchiver, Op: contracts.OpArchive, Policy: policyLocal,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+					c := compression(r.Update.Compression)
+					return contracts.ArchiveArgs{From: stagingFiles, Name: "update-" + j.ID + ".tar." + ext(c), Compression: c}, nil
+				}},
+			connect("connect-customer", func(r *contracts.JobRequest) string { return r.Update.To }),
+			{Name: "push", Service: contracts.ServiceTransfer, Op: contracts.OpPush, Policy: policyBytes,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+					var art contracts.ArtifactResult
+					if err := output(j, "archive", &art); err != nil {
+						return nil, err
+					}
+					return contracts.PushArgs{Host: r.Update.To, Artifact: art.Name, DestDir: r.Update.Dest, Unpack: r.Update.Unpack}, nil
+				}},
+		}, closing...)},
+		contracts.ActionDBBackup: {Steps: append([]StepDef{
+			connect("connect-customer", func(r *contracts.JobRequest) string { return r.DBBackup.From }),
+			{Name: "tunnel", Service: contracts.ServiceConnector, Op: contracts.OpTunnel, Policy: policyConnect,
+				Args: func(r *contracts.JobRequest, _ *contracts.Job) (any, error) {
+					d := r.DBBackup
+					host, port := d.DBHost, d.DBPort
+					if host == "" {
+						host = "127.0.0.1"
+					}
+					if port == 0 {
+						port = defaultPort(d.Engine)
+					}
+					return contracts.TunnelArgs{Host: d.From, Remote: net.JoinHostPort(host, strconv.Itoa(port))}, nil
+				}},
+			{Name: "dump", Service: contracts.ServiceArchiver, Op: contracts.OpDump, Policy: policyDump,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+					var t contracts.TunnelResult
+					if err := output(j, "tunnel", &t); err != nil {
+						return nil, err
+					}
+					d := r.DBBackup
+					return contracts.DumpArgs{Engine: dbEngine(d.Engine), Database: d.Database, Addr: t.Addr, User: d.DBUser,
+						Credential: d.DBCredential, Name: d.Database + ".dump"}, nil
+				}},
+			{Name: "archive", Service: contracts.ServiceArchiver, Op: contracts.OpArchive, Policy: policyLocal,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+					return contracts.ArchiveArgs{From: "dump", Name: r.DBBackup.Database + ".tar.zst", Compression: "zstd"}, nil
+				}},
+			connect("connect-operator", func(r *contracts.JobRequest) string { return r.DBBackup.To }),
+			{Name: "deliver", Service: contracts.ServiceTransfer, Op: contracts.OpDeliver, Policy: policyBytes,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+					var art contracts.ArtifactResult
+					if err := output(j, "dump", &art); err != nil {
+						return nil, err
+					}
+					d := r.DBBackup
+					return contracts.DeliverArgs{Host: d.To, Artifact: art.Name, DestDir: "ferry/backups/" + d.From,
+						Name: fmt.Sprintf("%s-%s.dump", d.Database, j.Created.UTC().Format("20060102T150405Z"))}, nil
+				}},
+		}, closing...)},
+		contracts.ActionLogBackup: {Steps: append([]StepDef{
+			connect("connect-customer", func(r *contracts.JobRequest) string { return r.LogBackup.From }),
+			{Name: "pull", Service: contracts.ServiceTransfer, Op: contracts.OpPull, Policy: policyBytes,
+				Args: func(r *contracts.JobRequest, _ *contracts.Job) (any, error) {
+					l := r.LogBackup
+					return contracts.PullArgs{Host: l.From, Paths: l.Paths, Since: l.Since, MaxSize: l.MaxSize, AllowEmpty: l.AllowEmpty, Into: "logs"}, nil
+				}},
+			{Name: "archive", Service: contracts.ServiceArchiver, Op: contracts.OpArchive, Policy: policyLocal,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+					return contracts.ArchiveArgs{From: "logs", Name: "logs-" + j.ID + ".tar.zst", Compression: "zstd"}, nil
+				}},
+			connect("connect-operator", func(r *contracts.JobRequest) string { return r.LogBackup.To }),
+			{Name: "deliver", Service: contracts.ServiceTransfer, Op: contracts.OpDeliver, Policy: policyBytes,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+					var art contracts.ArtifactResult
+					if err := output(j, "archive", &art); err != nil {
+						return nil, err
+					}
+					l := r.LogBackup
+					return contracts.DeliverArgs{Host: l.To, Artifact: art.Name, DestDir: "ferry/logs/" + l.From,
+						Name: j.Created.UTC().Format("20060102T150405Z") + ".tar.zst"}, nil
+				}},
+		}, closing...)},
+	}
+}
+
+// output decodes the output of an earlier step of j.
+func output(j *contracts.Job, step string, v any) error {
+	for _, s := range j.Steps {
+		if s.Name == step {
+			if s.State != contracts.StepDone || len(s.Output) == 0 {
+				return fmt.Errorf("step %q has no output", step)
+			}
+			if err := json.Unmarshal(s.Output, v); err != nil {
+				return fmt.Errorf("output of step %q: %w", step, err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("no step %q in job", step)
+}
+
+func compression(c string) string {
+	if c == "" {
+		return "zstd"
+	}
+	return c
+}
+
+func ext(c string) string {
+	if c == "gzip" {
+		return "gz"
+	}
+	return "zst"
+}
+
+func dbEngine(e string) string {
+	if e == "" {
+		return "postgres"
+	}
+	return e
+}
+
+func defaultPort(e string) int {
+	if dbEngine(e) == "mysql" {
+		return 3306
+	}
+	return 5432
+}
