@@ -102,8 +102,13 @@ func (e *engine) perform(ctx context.Context, j *contracts.Job, fx effects) {
 		e.markDispatched(ctx, cmd)
 	}
 	for _, ev := range fx.events {
-		msgID := fmt.Sprintf("%s/event/%d", ev.JobID, ev.Seq)
-		if err := bus.Publish(ctx, e.js, contracts.JobEventSubject(ev.JobID), ev, msgID, ev.JobID); err != nil {
+		// Job events are for watchers; the record is the truth. They are published
+		// without waiting for the stream's ack, which keeps them off the step's path.
+		m, err := bus.Message(contracts.JobEventSubject(ev.JobID), ev, ev.JobID)
+		if err == nil {
+			_, err = e.js.PublishMsgAsync(m, jetstream.WithMsgID(fmt.Sprintf("%s/event/%d", ev.JobID, ev.Seq)))
+		}
+		if err != nil {
 			log.Warn("publishing job event", "kind", ev.Kind, "error", err)
 		}
 		lvl := slog.LevelInfo
