@@ -131,4 +131,3 @@ func benchOrchestration(b *testing.B, inFlight int) {
 		inFlight, total, len(DefaultWorkflows()[contracts.ActionUpdate].Steps), elapsed.Round(time.Millisecond),
 		p(0.50).Round(10*time.Microsecond), p(0.99).Round(10*time.Microsecond), float64(total)/elapsed.Seconds())
 }
-
