@@ -184,6 +184,9 @@ type ArtifactResult struct {
 	Files    int    `json:"files,omitempty"`
 }
 
+// BytesMoved reports the artifact's size as the bytes the step wrote.
+func (a ArtifactResult) BytesMoved() int64 { return a.Size }
+
 // DumpArgs dumps a database through the tunnel at Addr into staging.
 type DumpArgs struct {
 	Engine     string `json:"engine"`
@@ -216,6 +219,9 @@ type DeliveryResult struct {
 	Paths []string `json:"paths"`
 	Bytes int64    `json:"bytes"`
 }
+
+// BytesMoved reports the bytes sent.
+func (d DeliveryResult) BytesMoved() int64 { return d.Bytes }
 
 // RemoveStagingArgs removes the job's staging area.
 type RemoveStagingArgs struct{}

@@ -54,7 +54,9 @@ func Connect(ctx context.Context, cfg Config, log *slog.Logger) (*nats.Conn, err
 		nats.PingInterval(10 * time.Second),
 		nats.MaxPingsOutstanding(3),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn("nats disconnected", "error", err)
+			if err != nil { // nil: closed on purpose
+				log.Warn("nats disconnected", "error", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())

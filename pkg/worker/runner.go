@@ -124,7 +124,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer stopWork(errShutdown)
 	slots := make(chan struct{}, r.Concurrency)
 	var wg sync.WaitGroup
-	r.Log.Info("worker started", "service", r.Service, "worker", r.Worker, "concurrency", r.Concurrency)
+	r.Log.Info("worker started", "worker", r.Worker, "concurrency", r.Concurrency)
 
 	for ctx.Err() == nil {
 		free := r.Concurrency - len(slots)
@@ -166,7 +166,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		stopWork(errShutdown)
 		<-done
 	}
-	r.Log.Info("worker stopped", "service", r.Service, "worker", r.Worker)
+	r.Log.Info("worker stopped", "worker", r.Worker)
 	return nil
 }
 
@@ -258,6 +258,7 @@ func (r *Runner) handle(work context.Context, msg jetstream.Msg) {
 	}
 	defer r.track(cmd.JobID, &inflightStep{cancel: cancel})()
 	ctx = logctx.With(ctx, log)
+	ctx = context.WithValue(ctx, jobIDKey{}, cmd.JobID)
 	ctx = withProgress(ctx, r.NC, cmd)
 
 	stopProgress := r.keepAlive(msg)
@@ -295,6 +296,17 @@ func (r *Runner) handle(work context.Context, msg jetstream.Msg) {
 			_ = msg.NakWithDelay(r.RetryDelay)
 		}
 	}
+}
+
+type jobIDKey struct{}
+
+// JobID returns the id of the job whose step runs in ctx (set by the Runner before the
+// handler is called), or "" outside a step. Typed endpoints receive only their
+// arguments; a step that acts on the job as a whole (remove its staging area) reads it
+// here.
+func JobID(ctx context.Context) string {
+	id, _ := ctx.Value(jobIDKey{}).(string)
+	return id
 }
 
 // call runs the handler, turning a panic into a permanent internal error.

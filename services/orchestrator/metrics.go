@@ -37,8 +37,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: jobBuckets,
 		}, []string{"action", "step", "outcome"}),
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ferry_steps_total", Help: "Steps ended, by action, step, service, op and outcome.",
-		}, []string{"action", "step", "service", "op", "outcome"}),
+			Name: "ferry_steps_total", Help: "Steps ended, by action, step and outcome (the step names its service and op).",
+		}, []string{"action", "step", "outcome"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_step_retries_total", Help: "Step attempts that failed and were scheduled again.",
 		}, []string{"action", "step"}),
@@ -70,7 +70,7 @@ func (m *metrics) observe(j *contracts.Job, before map[string]contracts.StepStat
 	}
 	for _, s := range j.Steps {
 		if before[s.Name] != s.State && (s.State == contracts.StepDone || s.State == contracts.StepFailedS || s.State == contracts.StepCancelled) {
-			m.steps.WithLabelValues(a, s.Name, string(s.Service), string(s.Op), string(s.State)).Inc()
+			m.steps.WithLabelValues(a, s.Name, string(s.State)).Inc()
 			if !s.Started.IsZero() {
 				m.stepDur.WithLabelValues(a, s.Name, string(s.State)).Observe(s.Ended.Sub(s.Started).Seconds())
 			}

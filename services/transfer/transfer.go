@@ -1,0 +1,96 @@
+// Package transfer is ferry's transfer service: it moves bytes over SFTP: copies on a
+// remote host, pulls to staging, pushes from staging to a customer server, and delivers
+// to the operator.
+//
+// Run wires the service's step operations to the JetStream worker runner; cmd/transfer
+// runs it as its own process and cmd/ferry runs it inside `ferry dev`.
+package transfer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/svcenv"
+	"github.com/ferrydesk/ferry/pkg/worker"
+	"github.com/ferrydesk/ferry/services/transfer/internal/service"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config of the transfer service. The zero value takes the defaults.
+type Config struct {
+	// StagingDir is the staging root shared by the byte-moving services.
+	StagingDir string
+	// SecretsDir holds credentials by reference (never logged: only its path).
+	SecretsDir string
+	// Concurrency is how many steps run at once (default: the runner's, 8).
+	Concurrency int
+	// DrainTimeout bounds how long shutdown waits for steps in flight (default 30 s).
+	DrainTimeout time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.StagingDir == "" {
+		c.StagingDir = svcenv.DefaultStagingDir
+	}
+	if c.SecretsDir == "" {
+		c.SecretsDir = svcenv.DefaultSecretsDir
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	return c
+}
+
+// LogValue logs the configuration.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("staging_dir", c.StagingDir),
+		slog.String("secrets_dir", c.SecretsDir),
+		slog.Int("concurrency", c.Concurrency),
+		slog.Duration("drain_timeout", c.DrainTimeout))
+}
+
+// Deps are what the composition root gives the service.
+type Deps struct {
+	NC *nats.Conn
+	// Registerer takes the service's metrics; label it with the service name when
+	// several services share a registry. Nil keeps them unregistered.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Run executes transfer step commands until ctx ends, then drains the steps in flight.
+func Run(ctx context.Context, cfg Config, deps Deps) error {
+	cfg = cfg.withDefaults()
+	log := deps.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	reg := deps.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	js, err := jetstream.New(deps.NC)
+	if err != nil {
+		return fmt.Errorf("transfer: %w", err)
+	}
+	log.Info("transfer starting", "config", cfg)
+	svc := service.New()
+	runner := &worker.Runner{
+		NC:      deps.NC,
+		JS:      js,
+		Service: contracts.ServiceTransfer,
+		Handler: worker.NewHandler(contracts.ServiceTransfer, service.Ops(svc),
+			worker.Logging(), worker.Instrumenting(worker.NewEndpointMetrics(reg))),
+		Log:          log,
+		Concurrency:  cfg.Concurrency,
+		DrainTimeout: cfg.DrainTimeout,
+		Metrics:      worker.NewRunnerMetrics(reg),
+	}
+	return runner.Run(ctx)
+}
