@@ -23,6 +23,7 @@ var schemas = map[string]any{
 	"step-event.json":   &StepEvent{},
 	"progress.json":     &Progress{},
 	"host.json":         &Host{},
+	"lease.json":        &Lease{},
 }
 
 // JSONSchema describes Duration on the wire.
