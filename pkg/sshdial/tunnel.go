@@ -60,6 +60,9 @@ func (c *Client) Forward(ctx context.Context, listenAddr, remoteAddr string) (*T
 // Addr returns the local listening address.
 func (t *Tunnel) Addr() net.Addr { return t.ln.Addr() }
 
+// Done is closed when the tunnel has closed (Close, its context, or its client ending).
+func (t *Tunnel) Done() <-chan struct{} { return t.ctx.Done() }
+
 // ActiveConns returns the number of connections currently bridged.
 func (t *Tunnel) ActiveConns() int {
 	t.mu.Lock()

@@ -10,9 +10,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/inventory"
+	"github.com/ferrydesk/ferry/pkg/session"
+	"github.com/ferrydesk/ferry/pkg/sshdial"
 	"github.com/ferrydesk/ferry/pkg/svcenv"
 	"github.com/ferrydesk/ferry/pkg/worker"
 	"github.com/ferrydesk/ferry/services/connector/internal/service"
@@ -25,6 +29,21 @@ import (
 type Config struct {
 	// SecretsDir holds credentials by reference (never logged: only its path).
 	SecretsDir string
+	// KnownHostsFiles are extra sources of pinned host keys (OpenSSH known_hosts).
+	KnownHostsFiles []string
+	// LeaseTTL bounds a session lease whose job never closes it (default 12 h).
+	LeaseTTL time.Duration
+	// TunnelListen is the interface tunnels listen on (default 127.0.0.1).
+	TunnelListen string
+	// TunnelAdvertise is the host name the archiver reaches tunnels by (default:
+	// TunnelListen, or this host's name when listening on every interface).
+	TunnelAdvertise string
+	// Keepalive detects dead peers (default: every 10 s, 2 misses).
+	Keepalive sshdial.Keepalive
+	// DialTimeout bounds a connection's dial and handshake (default 20 s).
+	DialTimeout time.Duration
+	// SweepEvery is how often expired leases are revoked (default 30 s).
+	SweepEvery time.Duration
 	// Concurrency is how many steps run at once (default: the runner's, 8).
 	Concurrency int
 	// DrainTimeout bounds how long shutdown waits for steps in flight (default 30 s).
@@ -34,6 +53,21 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.SecretsDir == "" {
 		c.SecretsDir = svcenv.DefaultSecretsDir
+	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 12 * time.Hour
+	}
+	if c.TunnelListen == "" {
+		c.TunnelListen = "127.0.0.1"
+	}
+	if c.TunnelAdvertise == "" {
+		c.TunnelAdvertise = c.TunnelListen
+		if c.TunnelListen == "0.0.0.0" || c.TunnelListen == "::" {
+			c.TunnelAdvertise, _ = os.Hostname()
+		}
+	}
+	if c.SweepEvery <= 0 {
+		c.SweepEvery = 30 * time.Second
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 30 * time.Second
@@ -45,6 +79,10 @@ func (c Config) withDefaults() Config {
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("secrets_dir", c.SecretsDir),
+		slog.Any("known_hosts", c.KnownHostsFiles),
+		slog.Duration("lease_ttl", c.LeaseTTL),
+		slog.String("tunnel_listen", c.TunnelListen),
+		slog.String("tunnel_advertise", c.TunnelAdvertise),
 		slog.Int("concurrency", c.Concurrency),
 		slog.Duration("drain_timeout", c.DrainTimeout))
 }
@@ -58,7 +96,8 @@ type Deps struct {
 	Logger     *slog.Logger
 }
 
-// Run executes connector step commands until ctx ends, then drains the steps in flight.
+// Run executes connector step commands until ctx ends, then drains the steps in flight
+// and closes every connection and tunnel it holds.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
 	cfg = cfg.withDefaults()
 	log := deps.Logger
@@ -74,12 +113,55 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("connector: %w", err)
 	}
 	log.Info("connector starting", "config", cfg)
-	svc := service.New()
+	leases, err := session.OpenLeases(ctx, js)
+	if err != nil {
+		return err
+	}
+	hosts, err := inventory.Open(ctx, js)
+	if err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	pool := sshdial.NewPool()
+	defer pool.Close()
+	dialer := &session.Dialer{
+		Leases: leases, Hosts: hosts, SecretsDir: cfg.SecretsDir, Pool: pool, Log: log,
+		Options: sshdial.Options{
+			KnownHostsFiles: cfg.KnownHostsFiles, Keepalive: cfg.Keepalive, Timeout: cfg.DialTimeout,
+			Hooks: sshdial.NewMetrics(reg).Hooks(), Logger: log,
+		},
+	}
+	// Tunnels live as long as the service, and close before the pool does.
+	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
+	defer endLife()
+	conn := service.New(life, service.Config{
+		LeaseTTL: cfg.LeaseTTL, TunnelListen: cfg.TunnelListen, TunnelAdvertise: cfg.TunnelAdvertise,
+		Instance: fmt.Sprintf("%s/%d", host, os.Getpid()),
+	}, dialer, log)
+
+	go func() {
+		if err := leases.WatchRevocations(ctx, conn.Revoked); err != nil {
+			log.Error("lease revocations not watched", "error", err)
+		}
+	}()
+	go func() {
+		t := time.NewTicker(cfg.SweepEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				conn.Sweep(ctx)
+			}
+		}
+	}()
+
 	runner := &worker.Runner{
 		NC:      deps.NC,
 		JS:      js,
 		Service: contracts.ServiceConnector,
-		Handler: worker.NewHandler(contracts.ServiceConnector, service.Ops(svc),
+		Handler: worker.NewHandler(contracts.ServiceConnector, service.Ops(conn),
 			worker.Logging(), worker.Instrumenting(worker.NewEndpointMetrics(reg))),
 		Log:          log,
 		Concurrency:  cfg.Concurrency,
