@@ -62,11 +62,16 @@ func action(f func(cmd *cobra.Command, args []string) error) func(*cobra.Command
 
 // run executes the command line args and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	a := newApp(stdout, stderr, getenv)
+	return newApp(stdout, stderr, getenv).run(ctx, args)
+}
+
+// run executes the command line args with a's streams and returns the exit code.
+func (a *app) run(ctx context.Context, args []string) int {
 	root := a.rootCommand()
 	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
+	root.SetIn(a.stdin)
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
 	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
@@ -76,9 +81,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if errors.As(err, &ee) {
 		code = ee.code
 	}
-	printError(stderr, cmd, err)
+	printError(a.stderr, cmd, err)
 	if code == exitUsage && ee == nil {
-		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+		fmt.Fprintf(a.stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
 	}
 	return code
 }
@@ -128,7 +133,10 @@ func flagHint(cmd *cobra.Command, field string) string {
 		name = "db"
 	}
 	if cmd.Flags().Lookup(name) == nil {
-		return ""
+		// A list field set by a repeatable flag: "roots[0]" → --root, "host_keys[1]" → --host-key.
+		if name = strings.TrimSuffix(name, "s"); cmd.Flags().Lookup(name) == nil {
+			return ""
+		}
 	}
 	return " (--" + name + ")"
 }

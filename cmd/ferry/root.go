@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
@@ -14,12 +15,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 )
 
 // app is the state shared by the commands: where output goes and how to reach NATS.
 type app struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	// stdin answers confirmations, asked only when stdinTerminal reports a terminal.
+	stdin         io.Reader
+	stdinTerminal func() bool
 
 	nats    bus.Config
 	timeout time.Duration
@@ -30,7 +35,8 @@ type app struct {
 }
 
 func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
-	return &app{stdout: stdout, stderr: stderr, getenv: getenv}
+	return &app{stdout: stdout, stderr: stderr, getenv: getenv, stdin: os.Stdin,
+		stdinTerminal: func() bool { return term.IsTerminal(int(os.Stdin.Fd())) }}
 }
 
 // envFlags are flags that fall back to an environment variable when not given.
@@ -50,7 +56,8 @@ func (a *app) rootCommand() *cobra.Command {
 computer, the helpdesk server and customer servers, over SSH/SFTP.
 
 Submit a job with 'ferry update' or 'ferry backup', follow it with --wait or
-'ferry job watch', and run everything on one machine with 'ferry dev'.
+'ferry job watch', and run everything on one machine with 'ferry dev'. Manage the
+hosts jobs name, their credentials and pinned host keys with 'ferry host'.
 
 Exit codes: 0 success, 1 job failed or cancelled or an error, 2 usage or validation error.`,
 		SilenceErrors:     true,
@@ -68,7 +75,7 @@ Exit codes: 0 success, 1 job failed or cancelled or an error, 2 usage or validat
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "deadline of each request to NATS")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 
-	root.AddCommand(a.devCommand(), a.updateCommand(), a.backupCommand(), a.jobCommand())
+	root.AddCommand(a.devCommand(), a.updateCommand(), a.backupCommand(), a.jobCommand(), a.hostCommand())
 	return root
 }
 

@@ -168,15 +168,51 @@ func (s *Store) Pin(ctx context.Context, name, key string, firstUse bool) error 
 	if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(key)); err != nil {
 		return fmt.Errorf("pinning host %s: not a public key: %w", name, err)
 	}
+	return s.update(ctx, name, func(h *contracts.Host) error {
+		if firstUse && len(h.HostKeys) > 0 {
+			return fmt.Errorf("%w for %s", ErrPinned, name)
+		}
+		h.HostKeys = []string{strings.TrimSpace(key)}
+		return nil
+	})
+}
+
+// PinAll replaces the host's pinned keys with keys (authorized_keys format, at least
+// one; duplicates are dropped), e.g. every key `ferry host trust` scanned. Like Pin it
+// is a compare-and-set on the entry, so no other change of the host is lost.
+func (s *Store) PinAll(ctx context.Context, name string, keys []string) error {
+	if len(keys) == 0 {
+		return fmt.Errorf("pinning host %s: no key given", name)
+	}
+	var pins []string
+	seen := map[string]bool{}
+	for i, k := range keys {
+		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k))
+		if err != nil {
+			return fmt.Errorf("pinning host %s: key %d is not a public key: %w", name, i+1, err)
+		}
+		if blob := string(pub.Marshal()); !seen[blob] {
+			seen[blob] = true
+			pins = append(pins, strings.TrimSpace(k))
+		}
+	}
+	return s.update(ctx, name, func(h *contracts.Host) error {
+		h.HostKeys = pins
+		return nil
+	})
+}
+
+// update applies change to the host's entry with compare-and-set, retrying when
+// another writer got there first. An error from change aborts the update.
+func (s *Store) update(ctx context.Context, name string, change func(*contracts.Host) error) error {
 	for try := 0; try < 10; try++ {
 		h, rev, err := s.Get(ctx, name)
 		if err != nil {
 			return err
 		}
-		if firstUse && len(h.HostKeys) > 0 {
-			return fmt.Errorf("%w for %s", ErrPinned, name)
+		if err := change(&h); err != nil {
+			return err
 		}
-		h.HostKeys = []string{strings.TrimSpace(key)}
 		data, _ := json.Marshal(h)
 		_, err = s.kv.Update(ctx, name, data, rev)
 		var apiErr *jetstream.APIError

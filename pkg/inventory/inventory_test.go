@@ -95,3 +95,55 @@ func TestPinFirstUseNeverOverwrites(t *testing.T) {
 		t.Fatal("trust did not replace the key")
 	}
 }
+
+func TestPinAllReplacesEveryPin(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	old := pubKey(t)
+	if err := s.Add(ctx, contracts.Host{Name: "h", Address: "127.0.0.1", User: "u", Credential: "c", Site: "berlin",
+		HostKeys: []string{old}}); err != nil {
+		t.Fatal(err)
+	}
+	k1, k2 := pubKey(t), pubKey(t)
+	if err := s.PinAll(ctx, "h", []string{k1 + "\n", k2, k1}); err != nil {
+		t.Fatal(err)
+	}
+	h, _, err := s.Get(ctx, "h")
+	if err != nil || len(h.HostKeys) != 2 || h.HostKeys[0] != k1 || h.HostKeys[1] != k2 || h.Site != "berlin" {
+		t.Fatalf("after PinAll: %+v %v", h, err)
+	}
+
+	for name, keys := range map[string][]string{"no key": nil, "not a key": {k1, "ssh-ed25519 nope"}} {
+		if err := s.PinAll(ctx, "h", keys); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if err := s.PinAll(ctx, "nowhere", []string{k1}); !errors.Is(err, ErrUnknownHost) {
+		t.Errorf("unknown host: %v", err)
+	}
+	if h2, _, _ := s.Get(ctx, "h"); strings.Join(h2.HostKeys, "|") != strings.Join(h.HostKeys, "|") {
+		t.Errorf("a refused PinAll changed the pins: %v", h2.HostKeys)
+	}
+
+	// Concurrent writers: compare-and-set retries, so each call succeeds and the
+	// entry ends with exactly one writer's keys.
+	sets := make([][]string, 6)
+	errs := make(chan error, len(sets))
+	for i := range sets {
+		sets[i] = []string{pubKey(t), pubKey(t)}
+		go func() { errs <- s.PinAll(ctx, "h", sets[i]) }()
+	}
+	for range sets {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	h, _, _ = s.Get(ctx, "h")
+	found := false
+	for _, set := range sets {
+		found = found || strings.Join(set, "|") == strings.Join(h.HostKeys, "|")
+	}
+	if !found || h.Site != "berlin" {
+		t.Errorf("after concurrent PinAll: %+v", h)
+	}
+}
