@@ -24,6 +24,7 @@ var schemas = map[string]any{
 	"progress.json":     &Progress{},
 	"host.json":         &Host{},
 	"lease.json":        &Lease{},
+	"manifest.json":     &Manifest{},
 }
 
 // JSONSchema describes Duration on the wire.

@@ -197,13 +197,15 @@ type DumpArgs struct {
 	Name       string `json:"name"`
 }
 
-// PushArgs sends a staged artifact (and its manifest) to DestDir on Host: temporary
-// name, size and SHA-256 verified, then renamed into place. Unpack delivers the tree.
+// PushArgs sends a staged artifact and its manifest to DestDir on Host: temporary name,
+// size and SHA-256 verified, then renamed into place. With Unpack the file tree staged
+// in Tree lands instead, each file verified against the manifest.
 type PushArgs struct {
 	Host     string `json:"host"`
 	Artifact string `json:"artifact"`
 	DestDir  string `json:"dest_dir"`
 	Unpack   bool   `json:"unpack,omitempty"`
+	Tree     string `json:"tree,omitempty"`
 }
 
 // DeliverArgs sends a staged artifact to the operator's computer under DestDir/Name.

@@ -116,7 +116,7 @@ func DefaultWorkflows() Workflows {
 					if err := output(j, "archive", &art); err != nil {
 						return nil, err
 					}
-					return contracts.PushArgs{Host: r.Update.To, Artifact: art.Name, DestDir: r.Update.Dest, Unpack: r.Update.Unpack}, nil
+					return contracts.PushArgs{Host: r.Update.To, Artifact: art.Name, DestDir: r.Update.Dest, Unpack: r.Update.Unpack, Tree: stagingFiles}, nil
 				}},
 		}, closing...)},
 		contracts.ActionDBBackup: {Steps: append([]StepDef{

@@ -1,0 +1,42 @@
+package contracts
+
+import "time"
+
+// SchemaManifest is the schema id of Manifest.
+const SchemaManifest = "ferry.v1.manifest"
+
+// Manifest describes an archive or dump that ferry wrote: every file with its size, mode
+// and SHA-256, and the artifact itself. It travels next to the artifact as
+// "<artifact>.manifest.json", so the receiver can verify both.
+type Manifest struct {
+	Schema  string    `json:"schema"`
+	JobID   string    `json:"job_id"`
+	Created time.Time `json:"created"`
+	// Artifact is the archive (or dump) the manifest describes.
+	Artifact ManifestArtifact `json:"artifact"`
+	// Files are the archive's entries in archive order (sorted by path). Empty for a dump.
+	Files []ManifestFile `json:"files"`
+	// Empty says no file matched (log backups with allow_empty).
+	Empty bool `json:"empty,omitempty"`
+}
+
+// ManifestArtifact is the artifact a manifest describes.
+type ManifestArtifact struct {
+	Name        string `json:"name"`
+	Size        int64  `json:"size"`
+	SHA256      string `json:"sha256"`                // hex
+	Compression string `json:"compression,omitempty"` // zstd, gzip, or empty
+	Kind        string `json:"kind"`                  // archive, pg-dump, mysql-dump
+}
+
+// ManifestFile is one entry of an archive.
+type ManifestFile struct {
+	Path   string    `json:"path"` // slash-separated, relative, contained
+	Size   int64     `json:"size"`
+	Mode   uint32    `json:"mode"` // permission bits
+	SHA256 string    `json:"sha256"`
+	MTime  time.Time `json:"mtime"`
+}
+
+// ManifestName is the name of the manifest of artifact.
+func ManifestName(artifact string) string { return artifact + ".manifest.json" }
