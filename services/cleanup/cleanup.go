@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/bus"
 	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/ferrydesk/ferry/pkg/svcenv"
 	"github.com/ferrydesk/ferry/pkg/worker"
@@ -27,6 +28,8 @@ type Config struct {
 	StagingDir string
 	// SecretsDir holds credentials by reference (never logged: only its path).
 	SecretsDir string
+	// SweepEvery is how often orphaned staging is swept (default 10 min; also at start).
+	SweepEvery time.Duration
 	// Concurrency is how many steps run at once (default: the runner's, 8).
 	Concurrency int
 	// DrainTimeout bounds how long shutdown waits for steps in flight (default 30 s).
@@ -42,6 +45,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 30 * time.Second
+	}
+	if c.SweepEvery <= 0 {
+		c.SweepEvery = 10 * time.Minute
 	}
 	return c
 }
@@ -86,6 +92,31 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}
 	defer func() { _ = st.Close() }()
 	svc := service.New(st)
+	jobs, err := bus.WaitKeyValue(ctx, js, contracts.BucketJobs)
+	if err != nil {
+		return err
+	}
+	sweeper := &service.Sweeper{Staging: st, Jobs: jobs, Log: log}
+	m := newMetrics(reg)
+	go func() {
+		t := time.NewTicker(cfg.SweepEvery)
+		defer t.Stop()
+		for {
+			removed, err := sweeper.Sweep(ctx)
+			m.orphans.Add(float64(len(removed)))
+			if err != nil && ctx.Err() == nil {
+				log.Warn("sweeping orphaned staging", "error", err)
+			}
+			if used, err := st.Usage(ctx); err == nil {
+				m.stagingBytes.Set(float64(used))
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	runner := &worker.Runner{
 		NC:      deps.NC,
 		JS:      js,
@@ -98,4 +129,24 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		Metrics:      worker.NewRunnerMetrics(reg),
 	}
 	return runner.Run(ctx)
+}
+
+type metrics struct {
+	orphans      prometheus.Counter
+	stagingBytes prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		orphans: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_staging_orphans_removed_total",
+			Help: "Staging areas of finished or unknown jobs removed by the sweep.",
+		}),
+		stagingBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ferry_staging_bytes",
+			Help: "Bytes in the staging area, measured at each sweep.",
+		}),
+	}
+	reg.MustRegister(m.orphans, m.stagingBytes)
+	return m
 }
