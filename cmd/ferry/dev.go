@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -52,9 +51,21 @@ func (a *app) devCommand() *cobra.Command {
 		Long: `Starts an embedded NATS server with JetStream (its store under --data-dir), provisions
 ferry's streams and buckets, and runs the orchestrator and the connector, transfer,
 archiver and cleanup workers in this process, with one /metrics and /healthz server.
-Other ferry commands reach it with the default --nats-url. Stop it with Ctrl-C.`,
+Other ferry commands reach it with the default --nats-url. Stop it with Ctrl-C.
+
+With --demo it also starts two SSH/SFTP hosts in this process on loopback, an operator
+PC (demo-operator) and a customer server (demo-customer), their files under
+DATA-DIR/demo/<name>, puts them into the host inventory with their pinned host keys
+and their passwords in the secrets directory, and pushes an update from one to the
+other: it prints each step with its duration, where the files landed and a table of
+the step times. The services then log at warn unless --log-level is given.`,
 		Args: cobra.NoArgs,
-		RunE: action(func(cmd *cobra.Command, _ []string) error { return a.runDev(cmd.Context(), o) }),
+		RunE: action(func(cmd *cobra.Command, _ []string) error {
+			if o.demo && !cmd.Flags().Changed("log-level") {
+				o.logLevel = "warn"
+			}
+			return a.runDev(cmd.Context(), o)
+		}),
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", "", "JetStream store, staging and secrets (default $XDG_CACHE_HOME/ferry or the user cache dir)")
@@ -63,7 +74,7 @@ Other ferry commands reach it with the default --nats-url. Stop it with Ctrl-C.`
 	f.StringVar(&o.stagingDir, "staging-dir", "", "staging root (default DATA-DIR/staging)")
 	f.StringVar(&o.secretsDir, "secrets-dir", "", "secrets directory (default DATA-DIR/secrets)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.BoolVar(&o.demo, "demo", false, "also start demo SSH/SFTP hosts (not available yet)")
+	f.BoolVar(&o.demo, "demo", false, "also start two demo SSH/SFTP hosts and push an update from one to the other")
 	return cmd
 }
 
@@ -109,11 +120,11 @@ func (a *app) runDev(ctx context.Context, o devOptions) error {
 			return err
 		}
 	}
-	logs := &lockedWriter{w: a.stderr}
+	// Everything written for people goes through con, so that the live progress lines
+	// of the demo stay below the logs on a terminal.
+	con := newConsole(a.stdout, isTerminal(a.stdout))
+	logs := con.Writer(a.stderr)
 	log := telemetry.NewLogger(logs, "dev", level)
-	if o.demo {
-		fmt.Fprintln(a.stderr, "ferry dev: --demo: demo hosts come with the update action; starting without them")
-	}
 
 	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: filepath.Join(o.dataDir, "jetstream"), Host: host, Port: port})
 	if err != nil {
@@ -211,10 +222,28 @@ func (a *app) runDev(ctx context.Context, o devOptions) error {
 	}
 
 	if ctx.Err() == nil {
-		fmt.Fprintf(a.stdout, "ferry dev is running\n  NATS     %s\n  metrics  http://%s/metrics\n  health   http://%s/healthz\n  data     %s\nStop it with Ctrl-C.\n",
-			srv.ClientURL(), httpSrv.Addr(), httpSrv.Addr(), o.dataDir)
+		con.Println(fmt.Sprintf("ferry dev is running\n  NATS     %s\n  metrics  http://%s/metrics\n  health   http://%s/healthz\n  data     %s\nStop it with Ctrl-C.",
+			srv.ClientURL(), httpSrv.Addr(), httpSrv.Addr(), o.dataDir))
 		if a.devReady != nil {
 			a.devReady(srv.ClientURL(), httpSrv.Addr())
+		}
+	}
+	if o.demo && ctx.Err() == nil {
+		hosts, err := startDemoHosts(o.dataDir, o.secretsDir, telemetry.NewLogger(logs, "demo", level))
+		if err != nil {
+			con.Println(fmt.Sprintf("demo: %v\nferry dev keeps running without the demo.", err))
+		} else {
+			defer closeDemoHosts(hosts)
+			if nc, err := connect("demo"); err != nil {
+				con.Println(fmt.Sprintf("demo: %v", err))
+			} else {
+				defer nc.Close()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					a.runDemo(ctx, nc, con, o, hosts)
+				}()
+			}
 		}
 	}
 
@@ -251,16 +280,4 @@ func listenAddr(addr string) (string, int, error) {
 		port = -1
 	}
 	return host, port, nil
-}
-
-// lockedWriter serialises the writes of the services' loggers to one writer.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
