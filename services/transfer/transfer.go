@@ -13,6 +13,11 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/inventory"
+	"github.com/ferrydesk/ferry/pkg/remote"
+	"github.com/ferrydesk/ferry/pkg/session"
+	"github.com/ferrydesk/ferry/pkg/sshdial"
+	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/ferrydesk/ferry/pkg/svcenv"
 	"github.com/ferrydesk/ferry/pkg/worker"
 	"github.com/ferrydesk/ferry/services/transfer/internal/service"
@@ -27,8 +32,25 @@ type Config struct {
 	StagingDir string
 	// SecretsDir holds credentials by reference (never logged: only its path).
 	SecretsDir string
+	// KnownHostsFiles are extra sources of pinned host keys (OpenSSH known_hosts).
+	KnownHostsFiles []string
+	// Keepalive detects dead peers (default: every 10 s, 2 misses).
+	Keepalive sshdial.Keepalive
+	// DialTimeout bounds a connection's dial and handshake (default 20 s).
+	DialTimeout time.Duration
+	// FilesInFlight is how many files a tree transfer moves at once (default 32).
+	FilesInFlight int
+	// RequestsPerFile is how many SFTP requests one file keeps in flight (default 64).
+	RequestsPerFile int
+	// MaxPacket is the SFTP payload per request against OpenSSH (default 255 KiB).
+	MaxPacket int
+	// NoExec never runs commands on hosts (copies and checksums go through SFTP).
+	NoExec bool
 	// Concurrency is how many steps run at once (default: the runner's, 8).
 	Concurrency int
+	// InProgressEvery is how often a running step tells JetStream it is alive (default
+	// 10 s; keep it well under the consumer's AckWait).
+	InProgressEvery time.Duration
 	// DrainTimeout bounds how long shutdown waits for steps in flight (default 30 s).
 	DrainTimeout time.Duration
 }
@@ -51,6 +73,11 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("staging_dir", c.StagingDir),
 		slog.String("secrets_dir", c.SecretsDir),
+		slog.Any("known_hosts", c.KnownHostsFiles),
+		slog.Int("files_in_flight", c.FilesInFlight),
+		slog.Int("requests_per_file", c.RequestsPerFile),
+		slog.Int("max_packet", c.MaxPacket),
+		slog.Bool("no_exec", c.NoExec),
 		slog.Int("concurrency", c.Concurrency),
 		slog.Duration("drain_timeout", c.DrainTimeout))
 }
@@ -64,7 +91,9 @@ type Deps struct {
 	Logger     *slog.Logger
 }
 
-// Run executes transfer step commands until ctx ends, then drains the steps in flight.
+// Run executes transfer step commands until ctx ends, then drains the steps in flight
+// and closes every connection it holds. Connections are dialled under the job's session
+// lease and dropped when the lease is revoked.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
 	cfg = cfg.withDefaults()
 	log := deps.Logger
@@ -80,17 +109,48 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("transfer: %w", err)
 	}
 	log.Info("transfer starting", "config", cfg)
-	svc := service.New()
+	stage, err := staging.NewDir(cfg.StagingDir)
+	if err != nil {
+		return fmt.Errorf("transfer: %w", err)
+	}
+	defer stage.Close()
+	leases, err := session.OpenLeases(ctx, js)
+	if err != nil {
+		return err
+	}
+	hosts, err := inventory.Open(ctx, js)
+	if err != nil {
+		return err
+	}
+	pool := sshdial.NewPool()
+	defer pool.Close()
+	dialer := &session.Dialer{
+		Leases: leases, Hosts: hosts, SecretsDir: cfg.SecretsDir, Pool: pool, Log: log,
+		Options: sshdial.Options{
+			KnownHostsFiles: cfg.KnownHostsFiles, Keepalive: cfg.Keepalive, Timeout: cfg.DialTimeout,
+			Hooks: sshdial.NewMetrics(reg).Hooks(), Logger: log,
+		},
+	}
+	go func() {
+		if err := dialer.Run(ctx); err != nil {
+			log.Error("lease revocations not watched", "error", err)
+		}
+	}()
+	conns := remote.NewConns(remote.Options{
+		MaxPacket: cfg.MaxPacket, RequestsPerFile: cfg.RequestsPerFile, FilesInFlight: cfg.FilesInFlight, NoExec: cfg.NoExec,
+	})
+	svc := service.New(dialer, conns, stage, service.NewMetrics(reg), log)
 	runner := &worker.Runner{
 		NC:      deps.NC,
 		JS:      js,
 		Service: contracts.ServiceTransfer,
 		Handler: worker.NewHandler(contracts.ServiceTransfer, service.Ops(svc),
 			worker.Logging(), worker.Instrumenting(worker.NewEndpointMetrics(reg))),
-		Log:          log,
-		Concurrency:  cfg.Concurrency,
-		DrainTimeout: cfg.DrainTimeout,
-		Metrics:      worker.NewRunnerMetrics(reg),
+		Log:             log,
+		Concurrency:     cfg.Concurrency,
+		DrainTimeout:    cfg.DrainTimeout,
+		InProgressEvery: cfg.InProgressEvery,
+		Metrics:         worker.NewRunnerMetrics(reg),
 	}
 	return runner.Run(ctx)
 }

@@ -1,0 +1,121 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ferrydesk/ferry/pkg/sshtest"
+)
+
+// The server-side copy gives the same result over exec (cp) and on a host that allows
+// SFTP only (ForceCommand internal-sftp).
+func TestCopyExecAndSFTPOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		config   []string
+		wantExec bool
+	}{
+		{"exec", nil, true},
+		{"sftp-only", []string{"ForceCommand internal-sftp"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, sshtest.Options{Config: tc.config})
+			src := filepath.Join(e.dir, "updates")
+			write(t, filepath.Join(src, "app", "bin", "app"), 300<<10)
+			write(t, filepath.Join(src, "app", "lib", "a.jar"), 2<<20)
+			write(t, filepath.Join(src, "app", "lib", "b.jar"), 1000)
+			write(t, filepath.Join(src, "README.txt"), 100)
+			write(t, filepath.Join(src, "NOTES.txt"), 0)
+			if err := os.Symlink("lib/a.jar", filepath.Join(src, "app", "current.jar")); err != nil {
+				t.Fatal(err)
+			}
+			e.chown(e.dir)
+			c := e.open(Options{})
+			if got := c.CanExec(context.Background()); got != tc.wantExec {
+				t.Fatalf("CanExec = %v, want %v", got, tc.wantExec)
+			}
+			roots, _ := c.Roots(nil)
+			dest := e.rel(filepath.Join(e.dir, "ferry", "updates", "job1"))
+			res, err := c.Copy(context.Background(), roots, []string{e.rel(filepath.Join(src, "app")), e.rel(src) + "/*.txt"}, dest, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			destAbs := filepath.Join(e.dir, "ferry", "updates", "job1")
+			want := treeSums(t, src)
+			got := treeSums(t, destAbs)
+			if len(got) != len(want) {
+				t.Fatalf("copied %v, want %v", got, want)
+			}
+			for k, v := range want {
+				if got[k] != v {
+					t.Fatalf("%s: copied sha %q, want %q", k, got[k], v)
+				}
+			}
+			if l, err := os.Readlink(filepath.Join(destAbs, "app", "current.jar")); err != nil || l != "lib/a.jar" {
+				t.Errorf("link copied as %q, %v", l, err)
+			}
+			if res.Bytes != 300<<10+2<<20+1000+100 || res.Files != 5 || len(res.Paths) != 3 {
+				t.Errorf("result %+v", res)
+			}
+			// Again: same result, no error (a redelivered command).
+			if _, err := c.Copy(context.Background(), roots, []string{e.rel(filepath.Join(src, "app")), e.rel(src) + "/*.txt"}, dest, nil); err != nil {
+				t.Fatal(err)
+			}
+			if got := treeSums(t, destAbs); len(got) != len(want) {
+				t.Fatalf("after a second copy: %d files", len(got))
+			}
+		})
+	}
+}
+
+// Missing sources and paths leaving the roots fail naming the path, before anything
+// is copied.
+func TestCopyRefusesMissingAndEscapingPaths(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	root := filepath.Join(e.dir, "root")
+	write(t, filepath.Join(root, "ok.txt"), 10)
+	write(t, filepath.Join(e.dir, "root2", "trap.txt"), 10)
+	write(t, filepath.Join(e.dir, "outside", "secret.txt"), 10)
+	if err := os.Symlink(filepath.Join(e.dir, "outside", "secret.txt"), filepath.Join(root, "link.txt")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(e.dir, "outside"), filepath.Join(root, "linkdir")); err != nil {
+		t.Fatal(err)
+	}
+	e.chown(e.dir)
+	c := e.open(Options{})
+	roots, err := c.Roots([]string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := e.rel(root)
+	for _, tc := range []struct {
+		sources []string
+		dest    string
+		want    error
+		names   string
+	}{
+		{[]string{r + "/ok.txt", r + "/missing.txt"}, r + "/dest", ErrNotFound, "missing.txt"},
+		{[]string{r + "/*.zip"}, r + "/dest", ErrNotFound, "*.zip"},
+		{[]string{r + "/ok.txt", r + "/../outside/secret.txt"}, r + "/dest", ErrOutsideRoots, "../outside/secret.txt"},
+		{[]string{r + "/link.txt"}, r + "/dest", ErrOutsideRoots, "link.txt"},
+		{[]string{r + "/link*"}, r + "/dest", ErrOutsideRoots, "link"},
+		{[]string{e.rel(filepath.Join(e.dir, "root2", "trap.txt"))}, r + "/dest", ErrOutsideRoots, "root2/trap.txt"},
+		{[]string{r + "/ok.txt"}, r + "/../root2/dest", ErrOutsideRoots, "root2/dest"},
+		{[]string{r + "/ok.txt"}, r + "/linkdir/dest", ErrOutsideRoots, "linkdir/dest"},
+	} {
+		_, err := c.Copy(context.Background(), roots, tc.sources, tc.dest, nil)
+		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.names) {
+			t.Errorf("copy %v to %s: %v, want %v naming %s", tc.sources, tc.dest, err, tc.want, tc.names)
+		}
+	}
+	for _, p := range []string{filepath.Join(root, "dest"), filepath.Join(e.dir, "root2", "dest"), filepath.Join(e.dir, "outside", "dest")} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s exists: something was copied", p)
+		}
+	}
+}

@@ -1,0 +1,140 @@
+package remote
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ferrydesk/ferry/pkg/sshdial"
+	"github.com/ferrydesk/ferry/pkg/sshtest"
+)
+
+// env is a real sshd and a directory of the test user's home to play in.
+type env struct {
+	t    *testing.T
+	sshd *sshtest.Server
+	cred *sshdial.Credential
+	dir  string // below the test user's home, owned by it
+	uid  int
+	gid  int
+}
+
+func newEnv(t *testing.T, opts sshtest.Options) *env {
+	t.Helper()
+	sshd := sshtest.Start(t, opts)
+	secrets := t.TempDir()
+	sshtest.WriteCredential(t, secrets, "cred", map[string]string{sshdial.FilePassword: sshd.User().Password})
+	cred, err := sshdial.LoadCredential(secrets, "cred")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := user.Lookup(sshd.User().Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	dir, err := os.MkdirTemp(u.HomeDir, "remote-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	e := &env{t: t, sshd: sshd, cred: cred, dir: dir, uid: uid, gid: gid}
+	e.chown(dir)
+	return e
+}
+
+// dial opens a connection as the test user.
+func (e *env) dial() *sshdial.Client {
+	e.t.Helper()
+	c, err := sshdial.Dial(context.Background(), e.sshd.Host("h", "cred"), sshdial.Options{Credential: e.cred, Timeout: 10 * time.Second})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (e *env) open(opts Options) *Conn {
+	e.t.Helper()
+	c, err := Open(e.dial(), opts)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// chown gives everything below p to the test user.
+func (e *env) chown(p string) {
+	e.t.Helper()
+	err := filepath.WalkDir(p, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, e.uid, e.gid)
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// write creates a file (and its directories) with random content of size bytes.
+func write(t *testing.T, p string, size int64) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fileSHA(t *testing.T, p string) string {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// treeSums maps every regular file below dir (slash-separated relative path) to its
+// SHA-256, skipping ferry's temporary names.
+func treeSums(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			rel, _ := filepath.Rel(dir, p)
+			out[filepath.ToSlash(rel)] = fileSHA(t, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}

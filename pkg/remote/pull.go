@@ -1,0 +1,249 @@
+package remote
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// PullSpec says what Pull copies from the host and where it lands.
+type PullSpec struct {
+	// Paths are files, directories or globs; relative ones start at the login's home.
+	// A directory lands as its contents; a file, and every glob match, under its name.
+	Paths []string
+	// Since, when set, keeps only files modified within it (by the host's clock).
+	Since time.Duration
+	// MaxSize, when set, caps the total bytes: the newest files that fit are pulled,
+	// the others skipped.
+	MaxSize int64
+	// AllowEmpty makes missing paths, globs matching nothing and an empty result
+	// a success.
+	AllowEmpty bool
+	// Dir is the local directory the files land in (created if needed).
+	Dir string
+}
+
+type pullFile struct {
+	remote string
+	rel    string // slash-separated, below Dir
+	size   int64  // as listed: a file growing meanwhile is pulled up to this size
+	mtime  time.Time
+	mode   fs.FileMode
+}
+
+// Pull copies files from the host into spec.Dir, relative structure preserved, several
+// files at once. Each file is written to a temporary name (".<name>.ferry-part") and
+// renamed when complete; a retry skips files already in place (same size and
+// modification time) and resumes a partial file from its verified prefix. Result.Paths
+// are the landed files relative to spec.Dir, slash-separated.
+func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Progress) (Result, error) {
+	var res Result
+	if len(spec.Paths) == 0 {
+		return res, fmt.Errorf("%w: no paths to pull", ErrInvalidPath)
+	}
+	srcs, err := c.expand(ctx, roots, spec.Paths, spec.AllowEmpty)
+	if err != nil {
+		return res, err
+	}
+	var files []pullFile
+	byRel := map[string]string{}
+	skippedLinks := 0
+	for _, s := range srcs {
+		base := s.name
+		if s.info.IsDir() && !hasMeta(s.given) {
+			base = "" // a directory named directly lands as its contents
+		}
+		err := c.walk(ctx, s.real, s.info, func(rel string, fi fs.FileInfo) error {
+			if fi.Mode()&fs.ModeSymlink != 0 {
+				skippedLinks++ // links inside a tree are not followed: they may lead anywhere
+				return nil
+			}
+			if !fi.Mode().IsRegular() {
+				return nil
+			}
+			r := path.Join(base, rel)
+			if r == "" || r == "." {
+				r = s.name
+			}
+			p := path.Join(s.real, rel)
+			if other, dup := byRel[r]; dup && other != p {
+				return fmt.Errorf("%w: %s and %s would both be staged as %s", ErrInvalidPath, other, p, r)
+			}
+			byRel[r] = p
+			files = append(files, pullFile{remote: p, rel: r, size: fi.Size(), mtime: fi.ModTime(), mode: fi.Mode().Perm()})
+			return nil
+		})
+		if err != nil {
+			return res, err
+		}
+	}
+	files = filterFiles(files, spec.Since, spec.MaxSize, time.Now())
+	if len(files) == 0 && !spec.AllowEmpty {
+		what := strings.Join(spec.Paths, ", ")
+		if spec.Since > 0 {
+			what += fmt.Sprintf(" (modified within %s)", spec.Since)
+		}
+		return res, fmt.Errorf("%s: no file to pull: %w", what, ErrNotFound)
+	}
+
+	if err := os.MkdirAll(spec.Dir, 0o750); err != nil {
+		return res, fmt.Errorf("staging: %w", err)
+	}
+	root, err := os.OpenRoot(spec.Dir)
+	if err != nil {
+		return res, fmt.Errorf("staging: %w", err)
+	}
+	defer root.Close()
+	dirs := map[string]bool{}
+	for _, f := range files {
+		res.Bytes += f.size
+		if d := path.Dir(f.rel); d != "." && !dirs[d] {
+			dirs[d] = true
+			if err := root.MkdirAll(filepath.FromSlash(d), 0o750); err != nil {
+				return res, fmt.Errorf("staging: %w", err)
+			}
+		}
+	}
+	prog.setTotal(res.Bytes)
+	var sent atomic.Int64
+	err = c.each(ctx, len(files), func(i int) error {
+		return c.pullOne(ctx, root, files[i], prog, &sent)
+	})
+	res.Sent = sent.Load()
+	if err != nil {
+		return res, err
+	}
+	for _, f := range files {
+		res.Paths = append(res.Paths, f.rel)
+	}
+	res.Files = len(files)
+	return res, nil
+}
+
+// filterFiles keeps the files modified within since (when set) and, when maxSize is
+// set, the newest files that fit in it; the result is sorted by path.
+func filterFiles(files []pullFile, since time.Duration, maxSize int64, now time.Time) []pullFile {
+	var out []pullFile
+	for _, f := range files {
+		if since > 0 && f.mtime.Before(now.Add(-since)) {
+			continue
+		}
+		out = append(out, f)
+	}
+	if maxSize > 0 {
+		sort.SliceStable(out, func(i, j int) bool { return out[i].mtime.After(out[j].mtime) })
+		var total int64
+		kept := out[:0]
+		for _, f := range out {
+			if total+f.size <= maxSize {
+				total += f.size
+				kept = append(kept, f)
+			}
+		}
+		out = kept
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].rel < out[j].rel })
+	return out
+}
+
+func partName(rel string) string {
+	dir, name := path.Split(rel)
+	return path.Join(dir, "."+name+".ferry-part")
+}
+
+func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Progress, sent *atomic.Int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	final := filepath.FromSlash(f.rel)
+	if fi, err := root.Stat(final); err == nil && fi.Mode().IsRegular() && fi.Size() == f.size && fi.ModTime().Equal(f.mtime) {
+		prog.add(f.size) // pulled by an earlier attempt
+		return nil
+	}
+	part := filepath.FromSlash(partName(f.rel))
+	var offset int64
+	if fi, err := root.Stat(part); err == nil && fi.Mode().IsRegular() && fi.Size() > 0 && fi.Size() <= f.size && c.CanExec(ctx) {
+		// Resume: keep the local prefix if it is what the host has.
+		local, lerr := localPrefixSHA256(root, part, fi.Size())
+		remote, rerr := c.SHA256(ctx, f.remote, fi.Size())
+		if rerr != nil && errors.Is(rerr, ErrConnection) {
+			return rerr
+		}
+		if lerr == nil && rerr == nil && local == remote {
+			offset = fi.Size()
+		}
+	}
+	out, err := root.OpenFile(part, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	defer out.Close()
+	if err := out.Truncate(offset); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	if _, err := out.Seek(offset, io.SeekStart); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	prog.add(offset)
+	if offset < f.size {
+		in, err := c.sftp.Open(f.remote)
+		if err != nil {
+			return c.pathErr("open", f.remote, err)
+		}
+		defer in.Close()
+		if _, err := in.Seek(offset, io.SeekStart); err != nil {
+			return c.pathErr("seek", f.remote, err)
+		}
+		w := &limitWriter{w: &countingWriter{w: out, prog: prog, sent: sent}, n: f.size - offset}
+		// The source's WriteTo keeps pkg/sftp's concurrent reads; the limit captures a
+		// growing file up to its listed size.
+		if _, err := in.WriteTo(w); err != nil && !errors.Is(err, errLimit) {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				return fmt.Errorf("staging: %w", err)
+			}
+			return c.pathErr("reading", f.remote, err)
+		}
+		if w.n > 0 {
+			return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, f.size-w.n, f.size)
+		}
+	}
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	if err := root.Chmod(part, f.mode|0o600); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	if err := root.Chtimes(part, f.mtime, f.mtime); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	if err := root.Rename(part, final); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	return nil
+}
+
+// localPrefixSHA256 hashes the first n bytes of a file below root.
+func localPrefixSHA256(root *os.Root, name string, n int64) (string, error) {
+	f, err := root.Open(name)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyN(h, f, n); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

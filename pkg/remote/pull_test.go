@@ -1,0 +1,162 @@
+package remote
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferrydesk/ferry/pkg/sshtest"
+)
+
+func (e *env) rel(p string) string {
+	e.t.Helper()
+	home := filepath.Dir(e.dir)
+	r, err := filepath.Rel(home, p)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return filepath.ToSlash(r)
+}
+
+// A tree with nested directories, 2,000 small files and a 64 MiB file, plus a glob,
+// lands in staging byte for byte; pulling again moves nothing.
+func TestPullTreeAndGlob(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	tree := filepath.Join(e.dir, "src", "tree")
+	for i := range 2000 {
+		write(t, filepath.Join(tree, "small", fmt.Sprintf("d%02d", i%20), "sub", fmt.Sprintf("f%04d.txt", i)), int64(1+i%4096))
+	}
+	write(t, filepath.Join(tree, "big.bin"), 64<<20)
+	write(t, filepath.Join(e.dir, "src", "logs", "app1.log"), 1000)
+	write(t, filepath.Join(e.dir, "src", "logs", "app2.log"), 2000)
+	write(t, filepath.Join(e.dir, "src", "logs", "notes.txt"), 10)
+	if err := os.Symlink("/etc/shadow", filepath.Join(tree, "link")); err != nil {
+		t.Fatal(err)
+	}
+	e.chown(e.dir)
+	c := e.open(Options{})
+	roots, err := c.Roots(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	into := filepath.Join(t.TempDir(), "files")
+	spec := PullSpec{Paths: []string{e.rel(tree), e.rel(filepath.Join(e.dir, "src", "logs")) + "/*.log"}, Dir: into}
+	prog := &Progress{}
+	start := time.Now()
+	res, err := c.Pull(context.Background(), roots, spec, prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	want := treeSums(t, tree)
+	want["app1.log"] = fileSHA(t, filepath.Join(e.dir, "src", "logs", "app1.log"))
+	want["app2.log"] = fileSHA(t, filepath.Join(e.dir, "src", "logs", "app2.log"))
+	got := treeSums(t, into)
+	if len(got) != len(want) || res.Files != len(want) {
+		t.Fatalf("staged %d files (result %d), want %d", len(got), res.Files, len(want))
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("%s: staged sha %q, want %q", k, got[k], v)
+		}
+	}
+	if prog.Done.Load() != res.Bytes || prog.Total.Load() != res.Bytes || res.Sent != res.Bytes {
+		t.Errorf("progress %d/%d, result %+v", prog.Done.Load(), prog.Total.Load(), res.Bytes)
+	}
+	t.Logf("pulled %d files, %d bytes in %s (%.1f MB/s, race detector on)", res.Files, res.Bytes, took, float64(res.Bytes)/took.Seconds()/1e6)
+
+	again, err := c.Pull(context.Background(), roots, spec, nil)
+	if err != nil || again.Sent != 0 || again.Files != res.Files {
+		t.Fatalf("second pull: %+v, %v; want nothing sent", again, err)
+	}
+}
+
+// Since and MaxSize choose the files; a file growing during the pull is captured up to
+// the size it had when listed.
+func TestPullFiltersAndGrowingFile(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	logs := filepath.Join(e.dir, "logs")
+	now := time.Now()
+	for name, age := range map[string]time.Duration{"old.log": 48 * time.Hour, "new1.log": time.Minute, "new2.log": time.Hour, "new3.log": 2 * time.Hour} {
+		p := filepath.Join(logs, name)
+		write(t, p, 1000)
+		if err := os.Chtimes(p, now.Add(-age), now.Add(-age)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.chown(e.dir)
+	c := e.open(Options{})
+	roots, _ := c.Roots(nil)
+	ctx := context.Background()
+
+	into := t.TempDir()
+	res, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(logs) + "/*.log"}, Since: 24 * time.Hour, MaxSize: 2500, Dir: into}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(res.Paths, ","); got != "new1.log,new2.log" || res.Bytes != 2000 {
+		t.Fatalf("pulled %s (%d bytes), want the two newest within a day", got, res.Bytes)
+	}
+
+	_, err = c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(logs) + "/*.log"}, Since: time.Second, Dir: t.TempDir()}, nil)
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("nothing new enough: %v, want ErrNotFound", err)
+	}
+	if res, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(logs) + "/*.zip"}, AllowEmpty: true, Dir: t.TempDir()}, nil); err != nil || res.Files != 0 {
+		t.Fatalf("allow empty: %+v %v", res, err)
+	}
+	if _, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(logs) + "/*.zip"}, Dir: t.TempDir()}, nil); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "*.zip") {
+		t.Fatalf("glob matching nothing: %v", err)
+	}
+
+	// Growing: an appender writes while the pull runs.
+	grow := filepath.Join(e.dir, "grow.log")
+	write(t, grow, 16<<20)
+	e.chown(grow)
+	stop := make(chan struct{})
+	var appended atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f, err := os.OpenFile(grow, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		chunk := bytes.Repeat([]byte("appended line\n"), 4096)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n, _ := f.Write(chunk)
+			appended.Add(int64(n))
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	into = t.TempDir()
+	for appended.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	res, err = c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(grow)}, Dir: into}, nil)
+	time.Sleep(20 * time.Millisecond)
+	close(stop)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	staged, _ := os.ReadFile(filepath.Join(into, "grow.log"))
+	final, _ := os.ReadFile(grow)
+	if int64(len(staged)) != res.Bytes || len(staged) < 16<<20 || len(staged) >= len(final) || !bytes.Equal(staged, final[:len(staged)]) {
+		t.Fatalf("staged %d bytes (listed %d) of a file now %d bytes: want exactly the prefix listed", len(staged), res.Bytes, len(final))
+	}
+}

@@ -1,0 +1,466 @@
+package remote
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	"github.com/ferrydesk/ferry/contracts"
+)
+
+// ErrMismatch: a file landed on the host differs from what was sent (retryable: the
+// temporary file is removed and a retry sends it again).
+var ErrMismatch = errors.New("landed file differs from what was sent")
+
+// Upload is one local file to land on the host as Dir/Name.
+type Upload struct {
+	Local  string      // local path
+	Dir    string      // remote directory, absolute and resolved (see Roots.ResolveForWrite)
+	Name   string      // final name in Dir
+	Size   int64       // expected size
+	SHA256 string      // expected SHA-256, hex
+	Mode   fs.FileMode // permission bits to set, 0 to leave the default
+	// Tag makes the temporary name unique to its writer: ".<Name>.ferry-<Tag>.part".
+	Tag string
+}
+
+// TempName is the temporary name of u in u.Dir.
+func (u Upload) TempName() string { return "." + u.Name + ".ferry-" + u.Tag + ".part" }
+
+// Put lands u on the host: it is written to its temporary name, its size and SHA-256
+// are checked against u (the local file while it is read, the remote file after it was
+// written: sha256sum over exec, else read back), and it is then renamed into place with
+// posix-rename. The final name exists only when complete and verified.
+//
+// A file already in place with the expected size and SHA-256 is left alone. A temporary
+// file left by an interrupted attempt is resumed from its longest verified prefix.
+// A refused write removes the temporary file and fails with ErrRemoteWrite; a staged
+// file that does not match u fails with ErrVerify; a lost connection keeps the
+// temporary file for the retry.
+func (c *Conn) Put(ctx context.Context, u Upload, prog *Progress, sent *atomic.Int64) error {
+	final := path.Join(u.Dir, u.Name)
+	part := path.Join(u.Dir, u.TempName())
+	if u.Tag == "" || strings.ContainsAny(u.Name+u.Tag, "/\x00") || u.Name == "." || u.Name == ".." {
+		return fmt.Errorf("%w: upload %q (tag %q)", ErrInvalidPath, u.Name, u.Tag)
+	}
+	local, err := os.Open(u.Local)
+	if err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	defer local.Close()
+	if fi, err := local.Stat(); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	} else if fi.Size() != u.Size {
+		return fmt.Errorf("%w: staged %s is %d bytes, its manifest says %d", ErrVerify, u.Local, fi.Size(), u.Size)
+	}
+
+	// Already in place (a redelivered command)?
+	if fi, err := c.sftp.Stat(final); err == nil && fi.Mode().IsRegular() && fi.Size() == u.Size {
+		sum, err := c.SHA256(ctx, final, -1)
+		if err != nil && errors.Is(err, ErrConnection) {
+			return err
+		}
+		if err == nil && sum == u.SHA256 {
+			prog.add(u.Size)
+			_ = c.sftp.Remove(part)
+			return nil
+		}
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if e := connErr(c.ssh, err); e != nil {
+			return fmt.Errorf("stat %s: %w", final, e)
+		}
+	}
+
+	offset, h, err := c.resumeOffset(ctx, local, part, u.Size)
+	if err != nil {
+		return err
+	}
+	flags := os.O_WRONLY | os.O_CREATE
+	if offset == 0 {
+		flags |= os.O_TRUNC
+	}
+	out, err := c.sftp.OpenFile(part, flags)
+	if err != nil {
+		return c.failWrite(part, err)
+	}
+	if offset > 0 {
+		if err := out.Truncate(offset); err != nil {
+			out.Close()
+			return c.failWrite(part, err)
+		}
+	}
+	if _, err := out.Seek(offset, io.SeekStart); err != nil {
+		out.Close()
+		return c.failWrite(part, err)
+	}
+	if _, err := local.Seek(offset, io.SeekStart); err != nil {
+		out.Close()
+		return fmt.Errorf("staging: %w", err)
+	}
+	prog.add(offset)
+	// sizedReader tells ReadFrom how much remains: it keeps the concurrent writes.
+	r := &sizedReader{r: io.TeeReader(local, h), size: u.Size - offset, prog: prog, sent: sent}
+	n, err := out.ReadFrom(r)
+	if err != nil {
+		out.Close()
+		var pe *fs.PathError
+		if errors.As(err, &pe) && pe.Path == u.Local {
+			return fmt.Errorf("staging: %w", err)
+		}
+		return c.failWrite(part, err)
+	}
+	if err := out.Close(); err != nil {
+		return c.failWrite(part, err)
+	}
+	if offset+n != u.Size {
+		_ = c.sftp.Remove(part)
+		return fmt.Errorf("%w: staged %s changed while being sent", ErrVerify, u.Local)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != u.SHA256 {
+		_ = c.sftp.Remove(part)
+		return fmt.Errorf("%w: staged %s has SHA-256 %s, its manifest says %s", ErrVerify, u.Local, got, u.SHA256)
+	}
+	if err := c.verify(ctx, part, u.Size, u.SHA256); err != nil {
+		return err
+	}
+	if u.Mode != 0 {
+		if err := c.sftp.Chmod(part, u.Mode.Perm()); err != nil {
+			return c.failWrite(part, err)
+		}
+	}
+	return c.rename(part, final)
+}
+
+// verify checks the size and SHA-256 of a remote file, removing it when it differs.
+func (c *Conn) verify(ctx context.Context, p string, size int64, sum string) error {
+	fi, err := c.sftp.Stat(p)
+	if err != nil {
+		return c.pathErr("stat", p, err)
+	}
+	if fi.Size() != size {
+		_ = c.sftp.Remove(p)
+		return fmt.Errorf("%w: %s is %d bytes on the host, expected %d", ErrMismatch, p, fi.Size(), size)
+	}
+	got, err := c.SHA256(ctx, p, -1)
+	if err != nil {
+		return err
+	}
+	if got != sum {
+		_ = c.sftp.Remove(p)
+		return fmt.Errorf("%w: %s has SHA-256 %s on the host, expected %s", ErrMismatch, p, got, sum)
+	}
+	return nil
+}
+
+// rename moves a verified temporary file over its final name atomically.
+func (c *Conn) rename(from, to string) error {
+	err := c.sftp.PosixRename(from, to)
+	if err != nil && connErr(c.ssh, err) == nil {
+		if _, ok := c.sftp.HasExtension("posix-rename@openssh.com"); !ok {
+			// No atomic replace on this server: the final name is briefly absent.
+			_ = c.sftp.Remove(to)
+			err = c.sftp.Rename(from, to)
+		}
+	}
+	if err != nil {
+		return c.pathErr("rename "+from+" to", to, err)
+	}
+	return nil
+}
+
+// failWrite removes the temporary file after a refused write (disk full) and wraps
+// the error; after a lost connection it keeps the file for the retry to resume.
+func (c *Conn) failWrite(part string, err error) error {
+	werr := c.writeErr(part, err)
+	if !errors.Is(werr, ErrConnection) {
+		_ = c.sftp.Remove(part)
+	}
+	return werr
+}
+
+// resumeOffset picks where an upload to part resumes: the longest of (the part's size,
+// that size less the writes that may have been in flight, 0) whose remote prefix has
+// the same SHA-256 as the local file's. It returns the hash of the local prefix, ready
+// to take the rest.
+func (c *Conn) resumeOffset(ctx context.Context, local *os.File, part string, size int64) (int64, hash.Hash, error) {
+	fi, err := c.sftp.Stat(part)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 || fi.Size() > size {
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if e := connErr(c.ssh, err); e != nil {
+				return 0, nil, fmt.Errorf("stat %s: %w", part, e)
+			}
+		}
+		return 0, sha256.New(), nil
+	}
+	window := int64(c.opts.MaxPacket) * int64(c.opts.RequestsPerFile)
+	candidates := []int64{fi.Size()}
+	if fi.Size() > window {
+		candidates = append(candidates, fi.Size()-window)
+	}
+	for _, n := range candidates {
+		h := sha256.New()
+		if _, err := local.Seek(0, io.SeekStart); err != nil {
+			return 0, nil, fmt.Errorf("staging: %w", err)
+		}
+		if _, err := io.CopyN(h, local, n); err != nil {
+			return 0, nil, fmt.Errorf("staging: %w", err)
+		}
+		want := hex.EncodeToString(h.Sum(nil))
+		got, err := c.SHA256(ctx, part, n)
+		if err != nil {
+			if errors.Is(err, ErrConnection) {
+				return 0, nil, err
+			}
+			break
+		}
+		if got == want {
+			return n, h, nil
+		}
+	}
+	return 0, sha256.New(), nil
+}
+
+// PutTree lands a staged tree in dir (absolute, resolved): every file of files (paths
+// relative to localDir, slash-separated) is uploaded below dir/.ferry-incoming-<tag>/,
+// verified against its size and SHA-256, and then each top-level entry is moved into
+// place with posix-rename — a directory by renaming the old one aside, the new one in,
+// and removing the old — so a half-delivered tree is never visible under its final
+// names. A tree already in place and verified is left alone.
+func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, files []contracts.ManifestFile, prog *Progress, sent *atomic.Int64) error {
+	if tag == "" || strings.ContainsAny(tag, "/\x00") {
+		return fmt.Errorf("%w: tag %q", ErrInvalidPath, tag)
+	}
+	var total int64
+	tops := map[string]bool{}
+	for _, f := range files {
+		if f.Path == "" || path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == ".." || strings.HasPrefix(f.Path, "../") || strings.ContainsRune(f.Path, 0) {
+			return fmt.Errorf("%w: manifest entry %q is not a relative, clean path", ErrVerify, f.Path)
+		}
+		top, _, _ := strings.Cut(f.Path, "/")
+		if strings.HasPrefix(top, ".ferry-") {
+			return fmt.Errorf("%w: manifest entry %q uses a name ferry reserves", ErrVerify, f.Path)
+		}
+		tops[top] = true
+		total += f.Size
+	}
+	prog.setTotal(total)
+	incoming := path.Join(dir, ".ferry-incoming-"+tag)
+
+	if _, err := c.sftp.Stat(incoming); errors.Is(err, fs.ErrNotExist) {
+		// A redelivered command whose first delivery finished: verify what is in place.
+		if ok, err := c.treeInPlace(ctx, dir, files); err != nil {
+			return err
+		} else if ok {
+			prog.add(total)
+			return nil
+		}
+	}
+	if err := c.sftp.MkdirAll(incoming); err != nil {
+		return c.writeErr(incoming, err)
+	}
+	made := map[string]bool{}
+	for _, f := range files {
+		for d := path.Dir(f.Path); d != "." && !made[d]; d = path.Dir(d) {
+			made[d] = true
+		}
+	}
+	mk := make([]string, 0, len(made))
+	for d := range made {
+		mk = append(mk, d)
+	}
+	sort.Strings(mk) // parents first
+	for _, d := range mk {
+		p := path.Join(incoming, d)
+		if err := c.sftp.Mkdir(p); err != nil {
+			if fi, serr := c.sftp.Stat(p); serr != nil || !fi.IsDir() {
+				return c.failTree(incoming, c.writeErr(p, err))
+			}
+		}
+	}
+
+	upload := func(i int, force bool) error {
+		f := files[i]
+		remote := path.Join(incoming, f.Path)
+		if !force {
+			if fi, err := c.sftp.Stat(remote); err == nil && fi.Size() == f.Size {
+				prog.add(f.Size) // sent by an earlier attempt; verified below
+				return nil
+			}
+		}
+		return c.sendWhole(filepath.Join(localDir, filepath.FromSlash(f.Path)), remote, f, prog, sent)
+	}
+	if err := c.each(ctx, len(files), func(i int) error { return upload(i, false) }); err != nil {
+		return c.failTree(incoming, err)
+	}
+	paths := make([]string, len(files))
+	for i, f := range files {
+		paths[i] = path.Join(incoming, f.Path)
+	}
+	for try := 0; ; try++ {
+		sums, err := c.sha256Many(ctx, paths)
+		if err != nil {
+			return c.failTree(incoming, err)
+		}
+		var bad []int
+		for i, f := range files {
+			if sums[i] != f.SHA256 {
+				bad = append(bad, i)
+			}
+		}
+		if len(bad) == 0 {
+			break
+		}
+		if try > 0 {
+			return c.failTree(incoming, fmt.Errorf("%w: %s has SHA-256 %s on the host, expected %s", ErrMismatch, paths[bad[0]], sums[bad[0]], files[bad[0]].SHA256))
+		}
+		if err := c.each(ctx, len(bad), func(j int) error { return upload(bad[j], true) }); err != nil {
+			return c.failTree(incoming, err)
+		}
+	}
+	for _, f := range files {
+		if f.Mode != 0 {
+			if err := c.sftp.Chmod(path.Join(incoming, f.Path), fs.FileMode(f.Mode).Perm()); err != nil {
+				return c.failTree(incoming, c.writeErr(path.Join(incoming, f.Path), err))
+			}
+		}
+	}
+
+	names := make([]string, 0, len(tops))
+	for n := range tops {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		src, dst := path.Join(incoming, n), path.Join(dir, n)
+		sfi, err := c.sftp.Lstat(src)
+		if err != nil {
+			return c.pathErr("stat", src, err)
+		}
+		dfi, derr := c.sftp.Lstat(dst)
+		if sfi.Mode().IsRegular() && (derr != nil || !dfi.IsDir()) {
+			if err := c.rename(src, dst); err != nil {
+				return err
+			}
+			continue
+		}
+		old := path.Join(dir, ".ferry-old-"+tag+"-"+n)
+		if _, err := c.sftp.Lstat(old); err == nil {
+			if err := c.removeAll(ctx, old); err != nil {
+				return err
+			}
+		}
+		if derr == nil {
+			if err := c.sftp.PosixRename(dst, old); err != nil {
+				return c.pathErr("rename "+dst+" to", old, err)
+			}
+		}
+		if err := c.sftp.PosixRename(src, dst); err != nil {
+			return c.pathErr("rename "+src+" to", dst, err)
+		}
+		if derr == nil {
+			if err := c.removeAll(ctx, old); err != nil {
+				return err
+			}
+		}
+	}
+	return c.removeAll(ctx, incoming)
+}
+
+// failTree removes the incoming directory after a refused write (its files would be
+// sent again anyway), keeping it after a lost connection so the retry resumes.
+func (c *Conn) failTree(incoming string, err error) error {
+	if errors.Is(err, ErrRemoteWrite) {
+		_ = c.sftp.RemoveAll(incoming)
+	}
+	return err
+}
+
+// treeInPlace reports whether every file is in dir with its size and SHA-256.
+func (c *Conn) treeInPlace(ctx context.Context, dir string, files []contracts.ManifestFile) (bool, error) {
+	if len(files) == 0 {
+		return false, nil
+	}
+	paths := make([]string, len(files))
+	for i, f := range files {
+		paths[i] = path.Join(dir, f.Path)
+		fi, err := c.sftp.Stat(paths[i])
+		if err != nil {
+			if e := connErr(c.ssh, err); e != nil && !errors.Is(err, fs.ErrNotExist) {
+				return false, fmt.Errorf("stat %s: %w", paths[i], e)
+			}
+			return false, nil
+		}
+		if fi.Size() != f.Size {
+			return false, nil
+		}
+	}
+	sums, err := c.sha256Many(ctx, paths)
+	if err != nil {
+		return false, nil //nolint:nilerr // not verifiable: send it again
+	}
+	for i, f := range files {
+		if sums[i] != f.SHA256 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// sendWhole uploads one local file to remote (truncating it), checking the local
+// bytes against f as they are read.
+func (c *Conn) sendWhole(localPath, remote string, f contracts.ManifestFile, prog *Progress, sent *atomic.Int64) error {
+	local, err := os.Open(localPath)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s is in the manifest but not staged", ErrVerify, f.Path)
+		}
+		return fmt.Errorf("staging: %w", err)
+	}
+	defer local.Close()
+	if fi, err := local.Stat(); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	} else if fi.Size() != f.Size {
+		return fmt.Errorf("%w: staged %s is %d bytes, its manifest says %d", ErrVerify, f.Path, fi.Size(), f.Size)
+	}
+	out, err := c.sftp.OpenFile(remote, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return c.writeErr(remote, err)
+	}
+	h := sha256.New()
+	_, err = out.ReadFrom(&sizedReader{r: io.TeeReader(local, h), size: f.Size, prog: prog, sent: sent})
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return c.writeErr(remote, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 {
+		return fmt.Errorf("%w: staged %s has SHA-256 %s, its manifest says %s", ErrVerify, f.Path, got, f.SHA256)
+	}
+	return nil
+}
+
+// removeAll removes a remote tree: rm -rf over exec when allowed, else through SFTP.
+func (c *Conn) removeAll(ctx context.Context, p string) error {
+	if c.CanExec(ctx) {
+		if err := c.run(ctx, "rm -rf -- "+Quote(p), nil, nil); err != nil {
+			return fmt.Errorf("removing %s: %w", p, err)
+		}
+		return nil
+	}
+	if err := c.sftp.RemoveAll(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return c.pathErr("removing", p, err)
+	}
+	return nil
+}
