@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/ferrydesk/ferry/pkg/svcenv"
 	"github.com/ferrydesk/ferry/pkg/worker"
 	"github.com/ferrydesk/ferry/services/archiver/internal/service"
@@ -79,7 +80,12 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("archiver: %w", err)
 	}
 	log.Info("archiver starting", "config", cfg)
-	svc := service.New()
+	st, err := staging.NewDir(cfg.StagingDir)
+	if err != nil {
+		return fmt.Errorf("archiver: %w", err)
+	}
+	defer func() { _ = st.Close() }()
+	svc := service.New(st)
 	runner := &worker.Runner{
 		NC:      deps.NC,
 		JS:      js,

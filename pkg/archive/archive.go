@@ -1,0 +1,392 @@
+// Package archive writes and reads ferry's archives: a deterministic tar of a staged
+// tree, compressed with zstd or gzip, described by a contracts.Manifest that lists every
+// file with its size, mode and SHA-256 and the archive itself with its size and SHA-256.
+//
+// Everything is streamed: Write reads each input file once (hashing it on the way into
+// the tar) and hashes the compressed bytes on the way out; Extract and Verify hash each
+// entry and the compressed stream while reading. No file is ever held whole in memory.
+//
+// # The archive format
+//
+// The same tree gives the same bytes, whoever writes it and however often:
+//
+//   - entries are the tree's directories and regular files, sorted by their
+//     slash-separated path (byte order; a directory comes before what it holds);
+//   - each header has uid and gid 0, no user or group names, mode = the permission bits,
+//     mtime = the file's own mtime truncated to whole seconds, no access or change time;
+//   - headers are USTAR where the entry fits (ASCII name of up to 100 bytes, or up to 255
+//     split at a slash; size under 8 GiB) and GNU otherwise (GNU long-name records for
+//     long or non-ASCII names, base-256 sizes); never PAX, so no extended records that
+//     carry times or ids;
+//   - zstd (the default) runs with options spelled out, not left to library defaults
+//     that could follow the machine: default level, 8 MiB window, checksum on, two
+//     encoder goroutines (a stream is encoded block by block, so the bytes do not depend
+//     on the concurrency; the tests compare 1, 2, 4, 8 and the library's GOMAXPROCS);
+//     gzip has no name, no comment, a zero mtime and the default level. The bytes are
+//     stable for one version of github.com/klauspost/compress; another version may
+//     compress differently (manifests and checks never depend on that).
+//
+// Paths must be portable: valid UTF-8, no backslash, no control character, no empty,
+// "." or ".." component (see SafePath). A tree with any other kind of entry is refused
+// with ErrUnsupported: symbolic links (whether they point inside the tree or out of it),
+// devices, sockets, pipes. ferry stages what it pulled as regular files; a link in a
+// staged tree is an error to look at, not something to follow or drop silently.
+package archive
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ferrydesk/ferry/contracts"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Compressions of an archive, as named in contracts.ArchiveArgs and the manifest.
+const (
+	Zstd = "zstd"
+	Gzip = "gzip"
+)
+
+// KindArchive is the contracts.ManifestArtifact kind of an archive.
+const KindArchive = "archive"
+
+// Errors that say why an archive cannot be written or is refused. They are wrapped with
+// the path concerned; test with errors.Is.
+var (
+	// ErrUnsupported: the tree holds an entry an archive does not carry (a symbolic
+	// link, a device, a name that is not portable) or the compression is unknown.
+	ErrUnsupported = errors.New("archive: unsupported")
+	// ErrUnsafe: an archive entry could land outside its destination or is not a
+	// plain file or directory (absolute path, "..", backslash, link, duplicate).
+	ErrUnsafe = errors.New("archive: unsafe entry")
+	// ErrMismatch: the archive does not match its manifest (an entry missing or extra,
+	// a size, mode or SHA-256 that differs, the artifact's size or SHA-256).
+	ErrMismatch = errors.New("archive: does not match its manifest")
+)
+
+// Options of Write.
+type Options struct {
+	// Name is the artifact's file name, recorded in the manifest.
+	Name string
+	// Compression is Zstd (the default when empty) or Gzip.
+	Compression string
+	// JobID and Created are recorded in the manifest (Created defaults to now).
+	JobID   string
+	Created time.Time
+	// Progress, when set, is called as input bytes are archived: done of total, the
+	// sum of the sizes of the tree's files. The last call has done == total.
+	Progress func(done, total int64)
+
+	// zstdConcurrency overrides the zstd encoder's concurrency (tests).
+	zstdConcurrency int
+}
+
+// copyBuffer is the size of the chunks files are copied in.
+const copyBuffer = 256 << 10
+
+// entry is one directory or regular file of the tree being archived.
+type entry struct {
+	path  string // slash-separated, relative
+	dir   bool
+	perm  fs.FileMode
+	mtime time.Time
+	size  int64
+}
+
+// Write writes a deterministic, compressed tar of the tree under src to w and returns
+// its manifest: the files in archive order and the artifact (named opts.Name) with the
+// size and SHA-256 of the bytes written to w. The tree's root itself is not an entry.
+//
+// Each input file is read once. A tree that holds anything but directories and regular
+// files, or a non-portable name, is refused with ErrUnsupported before anything is
+// written. A file that changes size while it is archived fails the write.
+func Write(ctx context.Context, src *os.Root, w io.Writer, opts Options) (contracts.Manifest, error) {
+	comp := opts.Compression
+	if comp == "" {
+		comp = Zstd
+	}
+	if comp != Zstd && comp != Gzip {
+		return contracts.Manifest{}, fmt.Errorf("%w: compression %q (want zstd or gzip)", ErrUnsupported, opts.Compression)
+	}
+	entries, total, err := scan(ctx, src)
+	if err != nil {
+		return contracts.Manifest{}, err
+	}
+
+	out := newHashCounter(w)
+	var zw io.WriteCloser
+	switch comp {
+	case Zstd:
+		zopts := []zstd.EOption{
+			zstd.WithEncoderLevel(zstd.SpeedDefault),
+			zstd.WithEncoderCRC(true),
+			zstd.WithWindowSize(zstdWindow),
+		}
+		switch c := opts.zstdConcurrency; {
+		case c == 0:
+			zopts = append(zopts, zstd.WithEncoderConcurrency(zstdConcurrency))
+		case c > 0:
+			zopts = append(zopts, zstd.WithEncoderConcurrency(c))
+		} // c < 0: the library's default
+		zw, err = zstd.NewWriter(out, zopts...)
+	case Gzip:
+		var gw *gzip.Writer
+		gw, err = gzip.NewWriterLevel(out, gzip.DefaultCompression)
+		if err == nil {
+			gw.Header = gzip.Header{OS: 255} // no name, no comment, zero mtime
+		}
+		zw = gw
+	}
+	if err != nil {
+		return contracts.Manifest{}, fmt.Errorf("archive: %s encoder: %w", comp, err)
+	}
+	tw := tar.NewWriter(zw)
+
+	files := make([]contracts.ManifestFile, 0, len(entries))
+	buf := make([]byte, copyBuffer)
+	var done int64
+	report := func() {
+		if opts.Progress != nil {
+			opts.Progress(done, total)
+		}
+	}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			_ = zw.Close()
+			return contracts.Manifest{}, err
+		}
+		if e.dir {
+			err = tw.WriteHeader(header(e))
+			if err != nil {
+				_ = zw.Close()
+				return contracts.Manifest{}, fmt.Errorf("archive: %s: %w", e.path, err)
+			}
+			continue
+		}
+		mf, err := writeFile(ctx, src, tw, e, buf, func(n int64) { done += n; report() })
+		if err != nil {
+			_ = zw.Close()
+			return contracts.Manifest{}, err
+		}
+		files = append(files, mf)
+	}
+	if err := tw.Close(); err != nil {
+		_ = zw.Close()
+		return contracts.Manifest{}, fmt.Errorf("archive: closing tar: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return contracts.Manifest{}, fmt.Errorf("archive: closing %s stream: %w", comp, err)
+	}
+	if done != total || total == 0 {
+		done = total
+		report()
+	}
+
+	created := opts.Created
+	if created.IsZero() {
+		created = time.Now()
+	}
+	return contracts.Manifest{
+		Schema:  contracts.SchemaManifest,
+		JobID:   opts.JobID,
+		Created: created.UTC(),
+		Artifact: contracts.ManifestArtifact{
+			Name:        opts.Name,
+			Size:        out.n,
+			SHA256:      hex.EncodeToString(out.h.Sum(nil)),
+			Compression: comp,
+			Kind:        KindArchive,
+		},
+		Files: files,
+		Empty: len(files) == 0,
+	}, nil
+}
+
+// zstdConcurrency is the zstd encoder's concurrency: for a stream, one goroutine
+// encodes a block while the next is filled. It is fixed so memory does not grow with
+// the machine's cores.
+const zstdConcurrency = 2
+
+// zstdWindow is the encoder's window (the default level's own, spelled out so the output
+// does not change with a library default).
+const zstdWindow = 8 << 20
+
+// scan lists the tree under src, sorted by path, and the total size of its files. It
+// refuses what an archive does not carry before anything is written.
+func scan(ctx context.Context, src *os.Root) ([]entry, int64, error) {
+	var entries []entry
+	var total int64
+	err := fs.WalkDir(src.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("archive: reading %s: %w", p, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == "." {
+			return nil
+		}
+		if _, err := SafePath(p); err != nil {
+			return fmt.Errorf("%w: %s: name is not portable: %v", ErrUnsupported, p, errors.Unwrap(err))
+		}
+		switch t := d.Type(); {
+		case t == fs.ModeSymlink:
+			return symlinkError(src, p)
+		case t != 0 && t != fs.ModeDir:
+			return fmt.Errorf("%w: %s is a %s; archives hold regular files and directories only", ErrUnsupported, p, typeName(t))
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return fmt.Errorf("archive: %s: %w", p, err)
+		}
+		e := entry{path: p, dir: d.IsDir(), perm: fi.Mode().Perm(), mtime: seconds(fi.ModTime())}
+		if !e.dir {
+			e.size = fi.Size()
+			total += e.size
+		}
+		entries = append(entries, e)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.path, b.path) })
+	return entries, total, nil
+}
+
+// symlinkError explains why the symbolic link p is refused, saying whether it points
+// out of the tree.
+func symlinkError(src *os.Root, p string) error {
+	target, err := src.Readlink(p)
+	if err != nil {
+		return fmt.Errorf("%w: %s is a symbolic link; archives hold regular files and directories only", ErrUnsupported, p)
+	}
+	where := "inside the tree"
+	if path.IsAbs(target) || !pathIsLocal(path.Join(path.Dir(p), target)) {
+		where = "outside the tree"
+	}
+	return fmt.Errorf("%w: %s is a symbolic link to %q (%s); archives hold regular files and directories only",
+		ErrUnsupported, p, target, where)
+}
+
+func pathIsLocal(p string) bool { return p != ".." && !strings.HasPrefix(p, "../") && !path.IsAbs(p) }
+
+func typeName(t fs.FileMode) string {
+	switch {
+	case t&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case t&fs.ModeSocket != 0:
+		return "socket"
+	case t&fs.ModeCharDevice != 0:
+		return "character device"
+	case t&fs.ModeDevice != 0:
+		return "device"
+	default:
+		return "special file (" + t.String() + ")"
+	}
+}
+
+// seconds truncates t to whole seconds (toward the past, also before 1970), in UTC.
+func seconds(t time.Time) time.Time { return time.Unix(t.Unix(), 0).UTC() }
+
+// tarFormat lets the tar writer pick USTAR where it can encode the header and GNU
+// otherwise; PAX is never chosen.
+const tarFormat = tar.FormatUSTAR | tar.FormatGNU
+
+func header(e entry) *tar.Header {
+	h := &tar.Header{
+		Name:    e.path,
+		Mode:    int64(e.perm),
+		ModTime: e.mtime,
+		Format:  tarFormat,
+	}
+	if e.dir {
+		h.Typeflag = tar.TypeDir
+		h.Name += "/"
+	} else {
+		h.Typeflag = tar.TypeReg
+		h.Size = e.size
+	}
+	return h
+}
+
+// writeFile writes the header and content of the regular file e, reading it once and
+// hashing it on the way.
+func writeFile(ctx context.Context, src *os.Root, tw *tar.Writer, e entry, buf []byte, progress func(int64)) (contracts.ManifestFile, error) {
+	f, err := src.Open(e.path)
+	if err != nil {
+		return contracts.ManifestFile{}, fmt.Errorf("archive: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	fi, err := f.Stat()
+	if err != nil {
+		return contracts.ManifestFile{}, fmt.Errorf("archive: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return contracts.ManifestFile{}, fmt.Errorf("%w: %s changed into a %s while it was archived", ErrUnsupported, e.path, typeName(fi.Mode().Type()))
+	}
+	// The open file is the truth: its size, mode and mtime go into the header.
+	e.size, e.perm, e.mtime = fi.Size(), fi.Mode().Perm(), seconds(fi.ModTime())
+	if err := tw.WriteHeader(header(e)); err != nil {
+		return contracts.ManifestFile{}, fmt.Errorf("archive: %s: %w", e.path, err)
+	}
+	h := sha256.New()
+	var n int64
+	for n < e.size {
+		if err := ctx.Err(); err != nil {
+			return contracts.ManifestFile{}, err
+		}
+		chunk := buf[:min(int64(len(buf)), e.size-n)]
+		m, err := io.ReadFull(f, chunk)
+		if m > 0 {
+			h.Write(chunk[:m])
+			if _, werr := tw.Write(chunk[:m]); werr != nil {
+				return contracts.ManifestFile{}, fmt.Errorf("archive: %s: %w", e.path, werr)
+			}
+			n += int64(m)
+			progress(int64(m))
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return contracts.ManifestFile{}, fmt.Errorf("archive: %s shrank from %d to %d bytes while it was archived", e.path, e.size, n)
+			}
+			return contracts.ManifestFile{}, fmt.Errorf("archive: reading %s: %w", e.path, err)
+		}
+	}
+	return contracts.ManifestFile{
+		Path:   e.path,
+		Size:   e.size,
+		Mode:   uint32(e.perm),
+		SHA256: hex.EncodeToString(h.Sum(nil)),
+		MTime:  e.mtime,
+	}, nil
+}
+
+// hashCounter hashes and counts what passes through it to w.
+type hashCounter struct {
+	w io.Writer
+	h hash.Hash
+	n int64
+}
+
+func newHashCounter(w io.Writer) *hashCounter { return &hashCounter{w: w, h: sha256.New()} }
+
+func (c *hashCounter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.h.Write(p[:n])
+	c.n += int64(n)
+	return n, err
+}
