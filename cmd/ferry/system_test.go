@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -20,9 +21,11 @@ import (
 	"github.com/ferrydesk/ferry/pkg/sshdial"
 	"github.com/ferrydesk/ferry/pkg/sshtest"
 	"github.com/ferrydesk/ferry/pkg/worker"
+	"github.com/ferrydesk/ferry/services/archiver"
 	"github.com/ferrydesk/ferry/services/cleanup"
 	"github.com/ferrydesk/ferry/services/connector"
 	"github.com/ferrydesk/ferry/services/orchestrator"
+	"github.com/ferrydesk/ferry/services/transfer"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -38,24 +41,31 @@ type system struct {
 	js      jetstream.JetStream
 	leases  *session.Leases
 	connReg *prometheus.Registry
+	staging string
+	hosts   map[string]*sshtest.Server
 
 	mu    sync.Mutex
 	steps map[string]func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error)
 }
 
-func startSystem(t *testing.T) *system {
+// startSystem runs the real orchestrator, connector and cleanup, and transfer and
+// archiver for real too unless played is set (then test handlers play their steps).
+func startSystem(t *testing.T, played bool) *system {
 	t.Helper()
 	srv := bustest.Start(t, bus.Topology{})
 	_, js := srv.Connect(t, "test")
-	s := &system{t: t, srv: srv, js: js, connReg: prometheus.NewRegistry(), steps: map[string]func(context.Context, contracts.StepCommand) (worker.Result, error){}}
+	s := &system{t: t, srv: srv, js: js, connReg: prometheus.NewRegistry(), hosts: map[string]*sshtest.Server{},
+		steps: map[string]func(context.Context, contracts.StepCommand) (worker.Result, error){}}
 	var err error
 	if s.leases, err = session.OpenLeases(context.Background(), js); err != nil {
 		t.Fatal(err)
 	}
 	secrets, staging := t.TempDir(), t.TempDir()
+	s.staging = staging
 	hosts, _ := inventory.Open(context.Background(), js)
 	for _, name := range []string{"customer", "operator-pc"} {
 		sshd := sshtest.Start(t, sshtest.Options{})
+		s.hosts[name] = sshd
 		sshtest.WriteCredential(t, secrets, name, map[string]string{sshdial.FilePassword: sshd.User().Password})
 		if err := hosts.Put(context.Background(), sshd.Host(name, name)); err != nil {
 			t.Fatal(err)
@@ -81,6 +91,17 @@ func startSystem(t *testing.T) *system {
 		nc, _ := srv.Connect(t, "cleanup")
 		return cleanup.Run(ctx, cleanup.Config{StagingDir: staging, SecretsDir: secrets}, cleanup.Deps{NC: nc, Logger: log})
 	})
+	if !played {
+		s.run(func(ctx context.Context) error {
+			nc, _ := srv.Connect(t, "transfer")
+			return transfer.Run(ctx, transfer.Config{StagingDir: staging, SecretsDir: secrets}, transfer.Deps{NC: nc, Logger: log})
+		})
+		s.run(func(ctx context.Context) error {
+			nc, _ := srv.Connect(t, "archiver")
+			return archiver.Run(ctx, archiver.Config{StagingDir: staging, SecretsDir: secrets}, archiver.Deps{NC: nc, Logger: log})
+		})
+		return s
+	}
 	for _, svc := range []contracts.Service{contracts.ServiceTransfer, contracts.ServiceArchiver} {
 		nc, js := srv.Connect(t, string(svc))
 		r := &worker.Runner{NC: nc, JS: js, Service: svc, Handler: s.play}
@@ -171,10 +192,13 @@ func (s *system) nothingLeft(id string) {
 	if n := s.gauge("ferry_ssh_tunnels_active"); n != 0 {
 		s.t.Errorf("job %s left %v tunnels open", id, n)
 	}
+	if left, _ := os.ReadDir(s.staging); len(left) != 0 {
+		s.t.Errorf("job %s left staging: %v", id, left)
+	}
 }
 
 func TestSystemNothingLeftBehind(t *testing.T) {
-	s := startSystem(t)
+	s := startSystem(t, true)
 	echo := sshtest.EchoServer(t) // stands in for the database port behind the customer
 
 	// The dump step uses the connector's tunnel for real: bytes go through it and back.
