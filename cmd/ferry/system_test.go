@@ -91,6 +91,7 @@ func startSystem(t *testing.T, played bool) *system {
 		nc, _ := srv.Connect(t, "cleanup")
 		return cleanup.Run(ctx, cleanup.Config{StagingDir: staging, SecretsDir: secrets}, cleanup.Deps{NC: nc, Logger: log})
 	})
+	defer s.waitForAPI()
 	if !played {
 		s.run(func(ctx context.Context) error {
 			nc, _ := srv.Connect(t, "transfer")
@@ -108,6 +109,20 @@ func startSystem(t *testing.T, played bool) *system {
 		s.run(r.Run)
 	}
 	return s
+}
+
+// waitForAPI returns once the orchestrator answers requests (it serves its API after
+// loading the job records).
+func (s *system) waitForAPI() {
+	s.t.Helper()
+	nc, _ := s.srv.Connect(s.t, "probe")
+	defer nc.Close()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := nc.Request(contracts.SubjectAPIList, []byte(`{}`), time.Second); err == nil {
+			return
+		}
+	}
+	s.t.Fatal("the orchestrator's API did not come up")
 }
 
 func (s *system) run(f func(context.Context) error) {
