@@ -16,9 +16,6 @@ import (
 	"github.com/ferrydesk/ferry/pkg/svcenv"
 	"github.com/ferrydesk/ferry/pkg/worker"
 	"github.com/ferrydesk/ferry/services/archiver/internal/service"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config of the archiver service. The zero value takes the defaults.
@@ -56,46 +53,19 @@ func (c Config) LogValue() slog.Value {
 }
 
 // Deps are what the composition root gives the service.
-type Deps struct {
-	NC *nats.Conn
-	// Registerer takes the service's metrics; label it with the service name when
-	// several services share a registry. Nil keeps them unregistered.
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
-}
+type Deps = worker.Deps
 
 // Run executes archiver step commands until ctx ends, then drains the steps in flight.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
 	cfg = cfg.withDefaults()
-	log := deps.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	reg := deps.Registerer
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
-	js, err := jetstream.New(deps.NC)
-	if err != nil {
-		return fmt.Errorf("archiver: %w", err)
-	}
-	log.Info("archiver starting", "config", cfg)
+	deps = deps.WithDefaults()
+	deps.Logger.Info("archiver starting", "config", cfg)
 	st, err := staging.NewDir(cfg.StagingDir)
 	if err != nil {
 		return fmt.Errorf("archiver: %w", err)
 	}
 	defer func() { _ = st.Close() }()
 	svc := service.New(st)
-	runner := &worker.Runner{
-		NC:      deps.NC,
-		JS:      js,
-		Service: contracts.ServiceArchiver,
-		Handler: worker.NewHandler(contracts.ServiceArchiver, service.Ops(svc),
-			worker.Logging(), worker.Instrumenting(worker.NewEndpointMetrics(reg))),
-		Log:          log,
-		Concurrency:  cfg.Concurrency,
-		DrainTimeout: cfg.DrainTimeout,
-		Metrics:      worker.NewRunnerMetrics(reg),
-	}
-	return runner.Run(ctx)
+	return worker.Serve(ctx, contracts.ServiceArchiver, service.Ops(svc),
+		worker.ServeConfig{Concurrency: cfg.Concurrency, DrainTimeout: cfg.DrainTimeout}, deps)
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/ferrydesk/ferry/pkg/svcenv"
 	"github.com/ferrydesk/ferry/pkg/worker"
 	"github.com/ferrydesk/ferry/services/cleanup/internal/service"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -62,25 +61,13 @@ func (c Config) LogValue() slog.Value {
 }
 
 // Deps are what the composition root gives the service.
-type Deps struct {
-	NC *nats.Conn
-	// Registerer takes the service's metrics; label it with the service name when
-	// several services share a registry. Nil keeps them unregistered.
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
-}
+type Deps = worker.Deps
 
 // Run executes cleanup step commands until ctx ends, then drains the steps in flight.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
 	cfg = cfg.withDefaults()
-	log := deps.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	reg := deps.Registerer
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
+	deps = deps.WithDefaults()
+	log, reg := deps.Logger, deps.Registerer
 	js, err := jetstream.New(deps.NC)
 	if err != nil {
 		return fmt.Errorf("cleanup: %w", err)
@@ -117,18 +104,8 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 			}
 		}
 	}()
-	runner := &worker.Runner{
-		NC:      deps.NC,
-		JS:      js,
-		Service: contracts.ServiceCleanup,
-		Handler: worker.NewHandler(contracts.ServiceCleanup, service.Ops(svc),
-			worker.Logging(), worker.Instrumenting(worker.NewEndpointMetrics(reg))),
-		Log:          log,
-		Concurrency:  cfg.Concurrency,
-		DrainTimeout: cfg.DrainTimeout,
-		Metrics:      worker.NewRunnerMetrics(reg),
-	}
-	return runner.Run(ctx)
+	return worker.Serve(ctx, contracts.ServiceCleanup, service.Ops(svc),
+		worker.ServeConfig{Concurrency: cfg.Concurrency, DrainTimeout: cfg.DrainTimeout}, deps)
 }
 
 type metrics struct {

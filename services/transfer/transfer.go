@@ -21,9 +21,7 @@ import (
 	"github.com/ferrydesk/ferry/pkg/svcenv"
 	"github.com/ferrydesk/ferry/pkg/worker"
 	"github.com/ferrydesk/ferry/services/transfer/internal/service"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config of the transfer service. The zero value takes the defaults.
@@ -83,27 +81,15 @@ func (c Config) LogValue() slog.Value {
 }
 
 // Deps are what the composition root gives the service.
-type Deps struct {
-	NC *nats.Conn
-	// Registerer takes the service's metrics; label it with the service name when
-	// several services share a registry. Nil keeps them unregistered.
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
-}
+type Deps = worker.Deps
 
 // Run executes transfer step commands until ctx ends, then drains the steps in flight
 // and closes every connection it holds. Connections are dialled under the job's session
 // lease and dropped when the lease is revoked.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
 	cfg = cfg.withDefaults()
-	log := deps.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	reg := deps.Registerer
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
+	deps = deps.WithDefaults()
+	log, reg := deps.Logger, deps.Registerer
 	js, err := jetstream.New(deps.NC)
 	if err != nil {
 		return fmt.Errorf("transfer: %w", err)
@@ -140,17 +126,6 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		MaxPacket: cfg.MaxPacket, RequestsPerFile: cfg.RequestsPerFile, FilesInFlight: cfg.FilesInFlight, NoExec: cfg.NoExec,
 	})
 	svc := service.New(dialer, conns, stage, service.NewMetrics(reg), log)
-	runner := &worker.Runner{
-		NC:      deps.NC,
-		JS:      js,
-		Service: contracts.ServiceTransfer,
-		Handler: worker.NewHandler(contracts.ServiceTransfer, service.Ops(svc),
-			worker.Logging(), worker.Instrumenting(worker.NewEndpointMetrics(reg))),
-		Log:             log,
-		Concurrency:     cfg.Concurrency,
-		DrainTimeout:    cfg.DrainTimeout,
-		InProgressEvery: cfg.InProgressEvery,
-		Metrics:         worker.NewRunnerMetrics(reg),
-	}
-	return runner.Run(ctx)
+	return worker.Serve(ctx, contracts.ServiceTransfer, service.Ops(svc),
+		worker.ServeConfig{Concurrency: cfg.Concurrency, DrainTimeout: cfg.DrainTimeout, InProgressEvery: cfg.InProgressEvery}, deps)
 }
