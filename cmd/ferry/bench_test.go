@@ -1,0 +1,661 @@
+package main
+
+// Throughput benchmarks: ferry against OpenSSH's own tools, measured in the same run
+// against the same real sshd (pkg/sshtest), each figure printed as one line with its
+// ratio and target. They report; they do not assert. `make bench` runs them with
+// -benchtime 1x (each figure is one timed run of each side):
+//
+//	cd cmd/ferry && go test -run '^$' -bench 'OpenSSH' -benchtime 1x -timeout 20m .
+//
+// Both sides use aes128-gcm@openssh.com and the same ed25519 key; every wall time
+// includes the side's SSH handshake (OpenSSH tools: a new process and connection;
+// ferry: sshdial.Dial and the SFTP session). The 10 ms RTT link is pkg/delayproxy on
+// loopback, 5 ms each way, in front of sshd; both sides connect to the proxy.
+//
+// Data: pseudo-random bytes (ChaCha8) in 4 KiB blocks, one block in four repeating one
+// of the 256 blocks before it, so zstd finds some but not much (it keeps about 0.9).
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/bus"
+	"github.com/ferrydesk/ferry/pkg/bus/bustest"
+	"github.com/ferrydesk/ferry/pkg/delayproxy"
+	"github.com/ferrydesk/ferry/pkg/inventory"
+	"github.com/ferrydesk/ferry/pkg/remote"
+	"github.com/ferrydesk/ferry/pkg/sshdial"
+	"github.com/ferrydesk/ferry/pkg/sshtest"
+	"github.com/ferrydesk/ferry/services/archiver"
+	"github.com/ferrydesk/ferry/services/cleanup"
+	"github.com/ferrydesk/ferry/services/connector"
+	"github.com/ferrydesk/ferry/services/orchestrator"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+const (
+	benchBig       = 1 << 30 // 1 GiB
+	benchCipher    = "aes128-gcm@openssh.com"
+	benchOneWay    = 5 * time.Millisecond // delay each way: RTT 10 ms
+	benchSmallN    = 5000
+	benchSmallSize = 4 << 10
+	benchSmallDirs = 50
+)
+
+// ---------------------------------------------------------------------------------
+// 1 GiB, one hop: Pull / Put as the transfer step does them, against sftp get / scp.
+
+func BenchmarkOpenSSHOneHop1GiB(b *testing.B) {
+	benchFacts()
+	e := newBenchHost(b)
+	src := filepath.Join(e.dir, "src.bin")
+	sum := writeBenchData(b, src, benchBig, 1)
+	e.chown(e.dir)
+	local := filepath.Join(b.TempDir(), "local.bin")
+	if err := os.Link(src, local); err != nil { // same bytes, no second GiB on disk
+		copyFile(b, src, local)
+	}
+	dest := filepath.Join(e.dir, "dest")
+	mkdirOwned(b, e, dest)
+
+	for _, link := range []struct {
+		name, label string
+		delay       time.Duration
+	}{{"loopback", "loopback", 0}, {"rtt10ms", "10 ms RTT", benchOneWay}} {
+		b.Run(link.name, func(b *testing.B) {
+			port := e.sshd.Port()
+			if link.delay > 0 {
+				p, err := delayproxy.Start(e.sshd.Addr(), link.delay)
+				if err != nil {
+					b.Fatal(err)
+				}
+				port = p.Port()
+				defer p.Close()
+			}
+			b.Run("pull", func(b *testing.B) { // ferry Pull vs sftp get
+				into := filepath.Join(b.TempDir(), "pull")
+				ferry := timeIt(func() {
+					c := e.ferry(b, port)
+					defer c.close()
+					roots, err := c.conn.Roots(nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					res, err := c.conn.Pull(context.Background(), roots, remote.PullSpec{Paths: []string{src}, Dir: into}, &remote.Progress{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if res.Bytes != benchBig {
+						b.Fatalf("ferry pulled %d bytes", res.Bytes)
+					}
+				})
+				checkSize(b, filepath.Join(into, "src.bin"), benchBig)
+				os.RemoveAll(into)
+				got := filepath.Join(b.TempDir(), "sftp.bin")
+				sftp := timeIt(func() { e.sftpBatch(b, port, fmt.Sprintf("get %s %s\n", src, got)) })
+				checkSize(b, got, benchBig)
+				os.Remove(got)
+				ratio := sftp.Seconds() / ferry.Seconds()
+				report(b, fmt.Sprintf("transfer pull 1 GiB, %s: ferry %s, sftp get %s → ratio %.2f (target ≥ 1.0)",
+					link.label, mbps(benchBig, ferry), mbps(benchBig, sftp), ratio), ratio)
+			})
+			b.Run("push", func(b *testing.B) { // ferry Put (temp name, sha256sum on the host, rename) vs scp
+				ferry := timeIt(func() {
+					c := e.ferry(b, port)
+					defer c.close()
+					var sent atomic.Int64
+					err := c.conn.Put(context.Background(), remote.Upload{Local: local, Dir: dest, Name: "ferry.bin", Size: benchBig, SHA256: sum, Tag: "bench"}, &remote.Progress{}, &sent)
+					if err != nil {
+						b.Fatal(err)
+					}
+				})
+				checkSize(b, filepath.Join(dest, "ferry.bin"), benchBig)
+				os.Remove(filepath.Join(dest, "ferry.bin"))
+				scp := timeIt(func() { e.scp(b, port, local, e.remote(filepath.Join(dest, "scp.bin"))) })
+				checkSize(b, filepath.Join(dest, "scp.bin"), benchBig)
+				os.Remove(filepath.Join(dest, "scp.bin"))
+				ratio := scp.Seconds() / ferry.Seconds()
+				report(b, fmt.Sprintf("transfer push 1 GiB, %s: ferry %s (incl. sha256sum on the host), scp %s → ratio %.2f (target ≥ 1.0)",
+					link.label, mbps(benchBig, ferry), mbps(benchBig, scp), ratio), ratio)
+			})
+		})
+	}
+}
+
+// ---------------------------------------------------------------------------------
+// 5,000 files of 4 KiB at 10 ms RTT: ferry Pull vs sftp get -r vs ssh tar c | tar x.
+
+func BenchmarkOpenSSHSmallFiles(b *testing.B) {
+	benchFacts()
+	e := newBenchHost(b)
+	tree := filepath.Join(e.dir, "small")
+	rng := rand.NewChaCha8([32]byte{2})
+	buf := make([]byte, benchSmallSize)
+	for i := range benchSmallN {
+		p := filepath.Join(tree, fmt.Sprintf("d%02d", i%benchSmallDirs), fmt.Sprintf("f%04d", i))
+		if i < benchSmallDirs {
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				b.Fatal(err)
+			}
+		}
+		rng.Read(buf)
+		if err := os.WriteFile(p, buf, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	e.chown(e.dir)
+	p, err := delayproxy.Start(e.sshd.Addr(), benchOneWay)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	port := p.Port()
+
+	into := filepath.Join(b.TempDir(), "ferry")
+	ferry := timeIt(func() {
+		c := e.ferry(b, port)
+		defer c.close()
+		roots, err := c.conn.Roots(nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		res, err := c.conn.Pull(context.Background(), roots, remote.PullSpec{Paths: []string{tree}, Dir: into}, &remote.Progress{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.Files != benchSmallN {
+			b.Fatalf("ferry pulled %d files", res.Files)
+		}
+	})
+	checkFiles(b, into, benchSmallN)
+
+	tarDir := b.TempDir()
+	tarD := timeIt(func() {
+		cmd := fmt.Sprintf("ssh -p %d %s %s %s | tar xf - -C %s", port, strings.Join(e.sshOpts(), " "), e.userAt(),
+			remote.Quote("tar cf - -C "+remote.Quote(e.dir)+" small"), remote.Quote(tarDir))
+		runTool(b, "bash", "-o", "pipefail", "-c", cmd)
+	})
+	checkFiles(b, tarDir, benchSmallN)
+
+	// sftp moves one file at a time (about 4 round trips each): 5,000 files take ~4 min
+	// at 10 ms RTT. With FERRY_BENCH_QUICK=1 it gets 5 of the 50 directories (500
+	// files) in one session and its time is scaled by 10 (within 3 % of the full run).
+	sftpDirs, what := benchSmallDirs, "sftp get -r"
+	if os.Getenv("FERRY_BENCH_QUICK") != "" {
+		sftpDirs, what = benchSmallDirs/10, "sftp get -r (500 files measured, ×10)"
+	}
+	sftpDir := b.TempDir()
+	var batch strings.Builder
+	for d := range sftpDirs {
+		name := fmt.Sprintf("d%02d", d)
+		fmt.Fprintf(&batch, "get -r %s %s\n", filepath.Join(tree, name), filepath.Join(sftpDir, name))
+	}
+	sftpD := timeIt(func() { e.sftpBatch(b, port, batch.String()) })
+	checkFiles(b, sftpDir, benchSmallN/benchSmallDirs*sftpDirs)
+	sftpD = sftpD * time.Duration(benchSmallDirs) / time.Duration(sftpDirs)
+
+	report(b, fmt.Sprintf("pull 5,000 × 4 KiB (%d dirs), 10 ms RTT: ferry %s, %s %s → ferry %.1f× faster (target ≥ 10×)",
+		benchSmallDirs, secs(ferry), what, secs(sftpD), sftpD.Seconds()/ferry.Seconds()), sftpD.Seconds()/ferry.Seconds(), "x-faster-than-sftp")
+	report(b, fmt.Sprintf("pull 5,000 × 4 KiB (%d dirs), 10 ms RTT: ferry %s, ssh tar c | tar x %s → ratio %.2f (target ≤ 1.5)",
+		benchSmallDirs, secs(ferry), secs(tarD), ferry.Seconds()/tarD.Seconds()), ferry.Seconds()/tarD.Seconds(), "ratio-to-tar")
+}
+
+// ---------------------------------------------------------------------------------
+// The whole update of a 1 GiB file, as a real job: orchestrator, connector, archiver
+// and cleanup in this process on an embedded JetStream server, the transfer service
+// as its own process (cmd/transfer), two real sshds (operator PC, customer). Against
+// scp operator → here + scp here → customer. Also the transfer process's peak RSS.
+
+func BenchmarkOpenSSHUpdate1GiB(b *testing.B) {
+	benchFacts()
+	ctx := context.Background()
+	bin := filepath.Join(b.TempDir(), "transfer")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ferrydesk/ferry/services/transfer/cmd/transfer").CombinedOutput(); err != nil {
+		b.Fatalf("go build transfer: %v\n%s", err, out)
+	}
+
+	srv := bustest.Start(b, bus.Topology{})
+	_, js := srv.Connect(b, "bench")
+	secrets, staging := b.TempDir(), b.TempDir()
+	hosts, err := inventory.Open(ctx, js)
+	if err != nil {
+		b.Fatal(err)
+	}
+	op := newBenchHost(b) // operator PC; holds the update
+	cust := &benchHost{b: b, sshd: sshtest.Start(b, sshtest.Options{}), key: op.key, keyFile: op.keyFile, cred: op.cred, uid: op.uid, gid: op.gid, dir: op.dir}
+	cust.sshd.Authorize(op.key.Public())
+	for name, s := range map[string]*sshtest.Server{"operator-pc": op.sshd, "customer": cust.sshd} {
+		sshtest.WriteCredential(b, secrets, name, map[string]string{sshdial.FilePrivateKey: string(op.key.PEM)})
+		if err := hosts.Put(ctx, s.Host(name, name)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	src := filepath.Join(op.dir, "update", "app.bin")
+	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	writeBenchData(b, src, benchBig, 3)
+	dest := filepath.Join(op.dir, "dest") // on the customer (same home: one machine)
+	mkdirOwned(b, op, dest)
+	op.chown(op.dir)
+	home := filepath.Dir(op.dir)
+
+	log := slog.New(slog.DiscardHandler)
+	runBenchService(b, func(ctx context.Context) error {
+		nc, _ := srv.Connect(b, "orchestrator")
+		return orchestrator.Run(ctx, orchestrator.Config{}, orchestrator.Deps{NC: nc, Logger: log})
+	})
+	runBenchService(b, func(ctx context.Context) error {
+		nc, _ := srv.Connect(b, "connector")
+		return connector.Run(ctx, connector.Config{SecretsDir: secrets}, connector.Deps{NC: nc, Logger: log})
+	})
+	runBenchService(b, func(ctx context.Context) error {
+		nc, _ := srv.Connect(b, "archiver")
+		return archiver.Run(ctx, archiver.Config{StagingDir: staging, SecretsDir: secrets}, archiver.Deps{NC: nc, Logger: log})
+	})
+	runBenchService(b, func(ctx context.Context) error {
+		nc, _ := srv.Connect(b, "cleanup")
+		return cleanup.Run(ctx, cleanup.Config{StagingDir: staging, SecretsDir: secrets}, cleanup.Deps{NC: nc, Logger: log})
+	})
+	transferLog := filepath.Join(b.TempDir(), "transfer.log")
+	logf, err := os.Create(transferLog)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer logf.Close()
+	tp := exec.Command(bin)
+	tp.Env = append(os.Environ(), "FERRY_NATS_URL="+srv.URL, "FERRY_STAGING_DIR="+staging, "FERRY_SECRETS_DIR="+secrets,
+		"FERRY_HTTP_ADDR=127.0.0.1:0", "FERRY_LOG_LEVEL=warn")
+	tp.Stdout, tp.Stderr = logf, logf
+	if err := tp.Start(); err != nil {
+		b.Fatal(err)
+	}
+	stopped := false
+	stopTransfer := func() {
+		if !stopped {
+			stopped = true
+			tp.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { tp.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				tp.Process.Kill()
+				<-done
+			}
+		}
+	}
+	defer stopTransfer()
+
+	id := fmt.Sprintf("bench-update-%d", time.Now().UnixNano())
+	defer func() { // copy-to-home lands in ~/ferry/updates/<job> on the operator PC
+		os.RemoveAll(filepath.Join(home, "ferry", "updates", id))
+		os.Remove(filepath.Join(home, "ferry", "updates"))
+		os.Remove(filepath.Join(home, "ferry"))
+	}()
+	rel, _ := filepath.Rel(home, src)
+	req := contracts.JobRequest{Schema: contracts.SchemaJobRequest, ID: id, Action: contracts.ActionUpdate,
+		Update: &contracts.UpdateRequest{From: "operator-pc", Files: []string{rel}, To: "customer", Dest: dest}}
+	start := time.Now()
+	if err := bus.Publish(ctx, js, contracts.SubjectJobSubmit, req, id, id); err != nil {
+		b.Fatal(err)
+	}
+	job := waitJob(b, js, id, 10*time.Minute)
+	ferry := time.Since(start)
+	hwm, rss := procStatus(tp.Process.Pid, "VmHWM"), procStatus(tp.Process.Pid, "VmRSS")
+	stopTransfer()
+	if job.State != contracts.JobSucceeded {
+		out, _ := os.ReadFile(transferLog)
+		b.Fatalf("update %s: %+v\ntransfer log:\n%s", job.State, job.Failure, out)
+	}
+	var artifact string
+	var steps []string
+	for _, s := range job.Steps {
+		if s.Name == "archive" {
+			var a contracts.ArtifactResult
+			json.Unmarshal(s.Output, &a)
+			artifact = a.Name
+		}
+		if !s.Started.IsZero() && !s.Ended.IsZero() {
+			steps = append(steps, fmt.Sprintf("%s %s", s.Name, secs(s.Ended.Sub(s.Started))))
+		}
+	}
+	fi, err := os.Stat(filepath.Join(dest, artifact))
+	if err != nil {
+		b.Fatal(err)
+	}
+	os.RemoveAll(dest)
+	mkdirOwned(b, op, dest)
+
+	// The same bytes with scp: operator PC → this machine → customer.
+	here := filepath.Join(b.TempDir(), "app.bin")
+	hop1 := timeIt(func() { op.scp(b, op.sshd.Port(), op.remote(src), here) })
+	checkSize(b, here, benchBig)
+	hop2 := timeIt(func() { cust.scp(b, cust.sshd.Port(), here, cust.remote(filepath.Join(dest, "app.bin"))) })
+	checkSize(b, filepath.Join(dest, "app.bin"), benchBig)
+	os.Remove(here)
+
+	scp := hop1 + hop2
+	report(b, fmt.Sprintf("update 1 GiB (copy-to-home → pull → archive zstd → push), loopback: ferry %s, scp operator→helpdesk %s + scp helpdesk→customer %s = %s → ratio %.2f (target ≤ 1.15)",
+		secs(ferry), secs(hop1), secs(hop2), secs(scp), ferry.Seconds()/scp.Seconds()), ferry.Seconds()/scp.Seconds(), "ratio-to-scp")
+	fmt.Printf("  update job steps (wall, first start to end): %s; archive %.1f MiB = %.2f of the input\n",
+		strings.Join(steps, ", "), float64(fi.Size())/(1<<20), float64(fi.Size())/benchBig)
+	report(b, fmt.Sprintf("transfer service peak RSS during the 1 GiB update (own process, VmHWM): %.1f MiB (VmRSS after: %.1f MiB) (target ≤ 64 MiB)",
+		float64(hwm)/(1<<10), float64(rss)/(1<<10)), float64(hwm)/(1<<10), "MiB-peak-rss")
+}
+
+// ---------------------------------------------------------------------------------
+// helpers
+
+var benchFactsOnce sync.Once
+
+// benchFacts prints the machine facts line once per run.
+func benchFacts() {
+	benchFactsOnce.Do(func() {
+		out, _ := exec.Command("ssh", "-V").CombinedOutput()
+		fmt.Printf("machine: %d cores, %s %s/%s, %s; cipher %s; data: ChaCha8 pseudo-random, 1 in 4 of its 4 KiB blocks repeating one of the previous 256 (its zstd ratio is printed with the update)\n",
+			runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.TrimSpace(string(out)), benchCipher)
+	})
+}
+
+// report prints one figure and records its ratio (or value) as a benchmark metric.
+func report(b *testing.B, line string, value float64, unit ...string) {
+	b.Helper()
+	fmt.Println(line)
+	u := "ratio"
+	if len(unit) > 0 {
+		u = unit[0]
+	}
+	b.ReportMetric(value, u)
+	b.ReportMetric(0, "ns/op") // the default ns/op would be the whole body, both sides
+}
+
+// benchHost is a real sshd for the test user, a key both ferry and the OpenSSH tools
+// log in with, and a directory in the test user's home (removed afterwards).
+type benchHost struct {
+	b        *testing.B
+	sshd     *sshtest.Server
+	key      sshtest.ClientKey
+	keyFile  string
+	cred     *sshdial.Credential
+	dir      string
+	uid, gid int
+}
+
+func newBenchHost(b *testing.B) *benchHost {
+	b.Helper()
+	e := &benchHost{b: b, sshd: sshtest.Start(b, sshtest.Options{})}
+	e.key = sshtest.NewClientKey(b, sshtest.KeyEd25519, "")
+	e.sshd.Authorize(e.key.Public())
+	e.keyFile = filepath.Join(b.TempDir(), "id_ed25519")
+	if err := os.WriteFile(e.keyFile, e.key.PEM, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	secrets := b.TempDir()
+	sshtest.WriteCredential(b, secrets, "bench", map[string]string{sshdial.FilePrivateKey: string(e.key.PEM)})
+	var err error
+	if e.cred, err = sshdial.LoadCredential(secrets, "bench"); err != nil {
+		b.Fatal(err)
+	}
+	u, err := user.Lookup(e.sshd.User().Name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.uid, _ = strconv.Atoi(u.Uid)
+	e.gid, _ = strconv.Atoi(u.Gid)
+	if e.dir, err = os.MkdirTemp(u.HomeDir, "ferry-bench-"); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(e.dir) })
+	e.chown(e.dir)
+	return e
+}
+
+func (e *benchHost) chown(p string) {
+	e.b.Helper()
+	err := filepath.WalkDir(p, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, e.uid, e.gid)
+	})
+	if err != nil {
+		e.b.Fatal(err)
+	}
+}
+
+func mkdirOwned(b *testing.B, e *benchHost, dir string) {
+	b.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	e.chown(dir)
+}
+
+type ferryConn struct {
+	client *sshdial.Client
+	conn   *remote.Conn
+}
+
+func (c ferryConn) close() { c.conn.Close(); c.client.Close() }
+
+// ferry dials sshd (or the proxy in front of it, on port) with the key and opens the
+// SFTP session with the transfer service's defaults.
+func (e *benchHost) ferry(b *testing.B, port int) ferryConn {
+	b.Helper()
+	h := e.sshd.Host("bench", "bench")
+	h.Port = port
+	c, err := sshdial.Dial(context.Background(), h, sshdial.Options{Credential: e.cred, Timeout: 20 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := remote.Open(c, remote.Options{})
+	if err != nil {
+		c.Close()
+		b.Fatal(err)
+	}
+	return ferryConn{client: c, conn: conn}
+}
+
+func (e *benchHost) sshOpts() []string {
+	return []string{"-F", "/dev/null", "-i", e.keyFile, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-c", benchCipher}
+}
+
+func (e *benchHost) userAt() string { return e.sshd.User().Name + "@127.0.0.1" }
+
+func (e *benchHost) remote(p string) string { return e.userAt() + ":" + p }
+
+func (e *benchHost) scp(b *testing.B, port int, from, to string) {
+	b.Helper()
+	runTool(b, "scp", append(append([]string{"-q", "-P", strconv.Itoa(port)}, e.sshOpts()...), from, to)...)
+}
+
+func (e *benchHost) sftpBatch(b *testing.B, port int, batch string) {
+	b.Helper()
+	f := filepath.Join(b.TempDir(), "batch")
+	if err := os.WriteFile(f, []byte(batch), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	runTool(b, "sftp", append(append([]string{"-q", "-P", strconv.Itoa(port), "-b", f}, e.sshOpts()...), e.userAt())...)
+}
+
+func runTool(b *testing.B, name string, args ...string) {
+	b.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		b.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// timeIt times f, after flushing dirty pages so that the writeback of an earlier
+// run's gigabyte does not land in this one.
+func timeIt(f func()) time.Duration {
+	syscall.Sync()
+	start := time.Now()
+	f()
+	return time.Since(start)
+}
+
+func mbps(n int64, d time.Duration) string {
+	return fmt.Sprintf("%.1f MB/s (%s)", float64(n)/d.Seconds()/1e6, secs(d))
+}
+
+func secs(d time.Duration) string {
+	if d < 10*time.Second {
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	}
+	return fmt.Sprintf("%.1f s", d.Seconds())
+}
+
+// writeBenchData writes size bytes of the benchmark data to p and returns their SHA-256.
+func writeBenchData(b *testing.B, p string, size int64, seed uint64) string {
+	b.Helper()
+	f, err := os.Create(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[:], seed)
+	rng := rand.NewChaCha8(key)
+	pick := rand.New(rand.NewPCG(seed, 42))
+	h := sha256.New()
+	w := bufio.NewWriterSize(io.MultiWriter(f, h), 4<<20)
+	const blk, ring = 4 << 10, 256
+	recent := make([]byte, ring*blk)
+	for i, n := 0, int64(0); n < size; i, n = i+1, n+blk {
+		slot := recent[(i%ring)*blk : (i%ring+1)*blk]
+		if i >= ring && pick.IntN(4) == 0 {
+			j := pick.IntN(ring)
+			copy(slot, recent[j*blk:(j+1)*blk])
+		} else {
+			rng.Read(slot)
+		}
+		if _, err := w.Write(slot[:min(blk, size-n)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func copyFile(b *testing.B, from, to string) {
+	b.Helper()
+	in, err := os.Open(from)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(to)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		b.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func checkSize(b *testing.B, p string, size int64) {
+	b.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if fi.Size() != size {
+		b.Fatalf("%s: %d bytes, want %d", p, fi.Size(), size)
+	}
+}
+
+func checkFiles(b *testing.B, dir string, want int) {
+	b.Helper()
+	n := 0
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			n++
+		}
+		return nil
+	})
+	if n != want {
+		b.Fatalf("%s: %d files, want %d", dir, n, want)
+	}
+}
+
+// procStatus returns a "kB" field of /proc/<pid>/status, in KiB.
+func procStatus(pid int, field string) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for l := range strings.SplitSeq(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return -1
+}
+
+func runBenchService(b *testing.B, f func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f(ctx) }()
+	b.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			b.Error("service did not stop")
+		}
+	})
+}
+
+// waitJob polls the job record until the job has ended.
+func waitJob(b *testing.B, js jetstream.JetStream, id string, timeout time.Duration) *contracts.Job {
+	b.Helper()
+	kv, err := js.KeyValue(context.Background(), contracts.BucketJobs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		e, err := kv.Get(context.Background(), id)
+		if err != nil {
+			continue
+		}
+		var j contracts.Job
+		if err := json.Unmarshal(e.Value(), &j); err == nil && j.State.Final() {
+			return &j
+		}
+	}
+	b.Fatalf("job %s did not end within %s", id, timeout)
+	return nil
+}
