@@ -131,7 +131,7 @@ func Write(ctx context.Context, src *os.Root, w io.Writer, opts Options) (contra
 	switch comp {
 	case Zstd:
 		zopts := []zstd.EOption{
-			zstd.WithEncoderLevel(zstd.SpeedDefault),
+			zstd.WithEncoderLevel(zstd.SpeedFastest),
 			zstd.WithEncoderCRC(true),
 			zstd.WithWindowSize(zstdWindow),
 		}
