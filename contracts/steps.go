@@ -228,10 +228,25 @@ func (d DeliveryResult) BytesMoved() int64 { return d.Bytes }
 // RemoveStagingArgs removes the job's staging area.
 type RemoveStagingArgs struct{}
 
-// PruneArgs keeps the newest Keep files ferry wrote in Dir on Host that match Prefix.
+// BackupTimeFormat is the UTC time in the names of delivered backups
+// (<db>-<time>.dump, <time>.tar.zst): the job's creation time.
+const BackupTimeFormat = "20060102T150405Z"
+
+// PruneArgs keeps the newest Keep backups ferry delivered into Dir on Host and removes
+// the older ones with their manifests. A backup is a regular file named
+// Prefix + <BackupTimeFormat> + Suffix with a ferry manifest next to it that describes a
+// file of its size; nothing else in Dir is ever touched. Keep 0 keeps everything.
 type PruneArgs struct {
 	Host   string `json:"host"`
 	Dir    string `json:"dir"`
 	Prefix string `json:"prefix"`
+	Suffix string `json:"suffix,omitempty"`
 	Keep   int    `json:"keep"`
+}
+
+// PruneResult lists the files a prune removed (paths on the host, manifests included)
+// and how many backups it kept.
+type PruneResult struct {
+	Removed []string `json:"removed"`
+	Kept    int      `json:"kept"`
 }

@@ -256,7 +256,7 @@ func TestSystemNothingLeftBehind(t *testing.T) {
 	})
 	t.Run("cancelled", func(t *testing.T) {
 		started := make(chan struct{})
-		s.on("archive", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
+		s.on("deliver", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
 			close(started)
 			<-ctx.Done()
 			return worker.Result{}, ctx.Err()

@@ -1,5 +1,5 @@
 // Package cleanup is ferry's cleanup service: it removes the staging areas of jobs and
-// prunes old backups on hosts.
+// prunes old backups on hosts (dialled under the job's session lease, like transfer).
 //
 // Run wires the service's step operations to the JetStream worker runner; cmd/cleanup
 // runs it as its own process and cmd/ferry runs it inside `ferry dev`.
@@ -13,6 +13,10 @@ import (
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/bus"
+	"github.com/ferrydesk/ferry/pkg/inventory"
+	"github.com/ferrydesk/ferry/pkg/remote"
+	"github.com/ferrydesk/ferry/pkg/session"
+	"github.com/ferrydesk/ferry/pkg/sshdial"
 	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/ferrydesk/ferry/pkg/svcenv"
 	"github.com/ferrydesk/ferry/pkg/worker"
@@ -27,6 +31,12 @@ type Config struct {
 	StagingDir string
 	// SecretsDir holds credentials by reference (never logged: only its path).
 	SecretsDir string
+	// KnownHostsFiles are extra sources of pinned host keys (OpenSSH known_hosts).
+	KnownHostsFiles []string
+	// Keepalive detects dead peers (default: every 10 s, 2 misses).
+	Keepalive sshdial.Keepalive
+	// DialTimeout bounds a connection's dial and handshake (default 20 s).
+	DialTimeout time.Duration
 	// SweepEvery is how often orphaned staging is swept (default 10 min; also at start).
 	SweepEvery time.Duration
 	// Concurrency is how many steps run at once (default: the runner's, 8).
@@ -56,6 +66,7 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("staging_dir", c.StagingDir),
 		slog.String("secrets_dir", c.SecretsDir),
+		slog.Any("known_hosts", c.KnownHostsFiles),
 		slog.Int("concurrency", c.Concurrency),
 		slog.Duration("drain_timeout", c.DrainTimeout))
 }
@@ -63,7 +74,9 @@ func (c Config) LogValue() slog.Value {
 // Deps are what the composition root gives the service.
 type Deps = worker.Deps
 
-// Run executes cleanup step commands until ctx ends, then drains the steps in flight.
+// Run executes cleanup step commands until ctx ends, then drains the steps in flight
+// and closes every connection it holds. Hosts are dialled (for prune) under the job's
+// session lease and dropped when the lease is revoked.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
 	cfg = cfg.withDefaults()
 	deps = deps.WithDefaults()
@@ -78,7 +91,29 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	defer func() { _ = st.Close() }()
-	svc := service.New(st)
+	leases, err := session.OpenLeases(ctx, js)
+	if err != nil {
+		return err
+	}
+	hosts, err := inventory.Open(ctx, js)
+	if err != nil {
+		return err
+	}
+	pool := sshdial.NewPool()
+	defer pool.Close()
+	dialer := &session.Dialer{
+		Leases: leases, Hosts: hosts, SecretsDir: cfg.SecretsDir, Pool: pool, Log: log,
+		Options: sshdial.Options{
+			KnownHostsFiles: cfg.KnownHostsFiles, Keepalive: cfg.Keepalive, Timeout: cfg.DialTimeout,
+			Hooks: sshdial.NewMetrics(reg).Hooks(), Logger: log,
+		},
+	}
+	go func() {
+		if err := dialer.Run(ctx); err != nil {
+			log.Error("lease revocations not watched", "error", err)
+		}
+	}()
+	svc := service.New(st, &service.LeaseConnector{Dialer: dialer, Conns: remote.NewConns(remote.Options{})})
 	jobs, err := bus.WaitKeyValue(ctx, js, contracts.BucketJobs)
 	if err != nil {
 		return err

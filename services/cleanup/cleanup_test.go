@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,8 +19,9 @@ import (
 )
 
 // TestWiring runs the service against a real JetStream server: remove-staging removes
-// a job's staging directory; prune is not implemented yet, so it must fail with
-// not_supported (never a pretended success). Both are counted by the endpoint metrics.
+// a job's staging directory; prune answers (the pruning itself is tested in
+// internal/service and, against real hosts, by cmd/ferry's system tests). Both are
+// counted by the endpoint metrics.
 func TestWiring(t *testing.T) {
 	srv := bustest.Start(t, bus.Topology{})
 	nc, js := srv.Connect(t, "cleanup")
@@ -66,29 +68,22 @@ func TestWiring(t *testing.T) {
 		t.Errorf("remove-staging succeeded = %v, want 2", got)
 	}
 
+	// prune with keep 0 keeps everything and touches no host; with keep set it dials
+	// the host under the job's lease: an unknown host fails for good.
 	const job = "job-wiring"
-	ops := []struct {
-		op   contracts.Op
-		args any
-	}{
-		{contracts.OpPrune, contracts.PruneArgs{Host: "op-pc", Dir: "backups", Prefix: "app-", Keep: 3}},
+	workertest.Send(t, js, contracts.ServiceCleanup, contracts.OpPrune, job, "prune-none", contracts.PruneArgs{Host: "op-pc", Dir: "ferry/logs/c", Keep: 0})
+	workertest.Send(t, js, contracts.ServiceCleanup, contracts.OpPrune, job, "prune-unknown", contracts.PruneArgs{Host: "op-pc", Dir: "ferry/logs/c", Keep: 3})
+	evs := workertest.ByStep(workertest.StepEvents(t, js, job, 2, 20*time.Second))
+	if ev := evs["prune-none"]; ev.Kind != contracts.StepSucceeded || string(ev.Output) != `{"removed":[],"kept":0}` {
+		t.Errorf("prune keep 0: %+v (output %s)", ev, ev.Output)
 	}
-	for _, o := range ops {
-		workertest.Send(t, js, contracts.ServiceCleanup, o.op, job, string(o.op), o.args)
+	if ev := evs["prune-unknown"]; ev.Kind != contracts.StepFailed || ev.Error == nil || ev.Error.Code != contracts.CodeNotFound || ev.Error.Retryable ||
+		!strings.Contains(ev.Error.Message, "op-pc") {
+		t.Errorf("prune on an unknown host: %+v (error %+v)", ev, ev.Error)
 	}
-	evs := workertest.ByStep(workertest.StepEvents(t, js, job, len(ops), 20*time.Second))
-	for _, o := range ops {
-		ev, ok := evs[string(o.op)]
-		switch {
-		case !ok:
-			t.Errorf("%s: no step event", o.op)
-		case ev.Kind != contracts.StepFailed || ev.Error == nil || ev.Error.Code != contracts.CodeNotSupported:
-			t.Errorf("%s: event %+v (error %+v), want failed with not_supported", o.op, ev, ev.Error)
-		case ev.Service != contracts.ServiceCleanup || ev.Error.Retryable:
-			t.Errorf("%s: event %+v", o.op, ev)
-		}
-		if got := workertest.Counter(t, reg, "ferry_step_executions_total", map[string]string{"op": string(o.op), "outcome": "failed"}); got != 1 {
-			t.Errorf("%s: ferry_step_executions_total{outcome=failed} = %v, want 1", o.op, got)
+	for outcome, want := range map[string]float64{"succeeded": 1, "failed": 1} {
+		if got := workertest.Counter(t, reg, "ferry_step_executions_total", map[string]string{"op": "prune", "outcome": outcome}); got != want {
+			t.Errorf("prune: ferry_step_executions_total{outcome=%s} = %v, want %v", outcome, got, want)
 		}
 	}
 }

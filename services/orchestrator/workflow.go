@@ -69,13 +69,27 @@ var (
 	policyBytes   = Policy{Attempts: 5, Backoff: 5 * time.Second, MaxBackoff: time.Minute, Timeout: 6 * time.Hour}
 	policyLocal   = Policy{Attempts: 2, Backoff: 5 * time.Second, MaxBackoff: 30 * time.Second, Timeout: 2 * time.Hour}
 	policyDump    = Policy{Attempts: 3, Backoff: 10 * time.Second, MaxBackoff: 2 * time.Minute, Timeout: 6 * time.Hour}
+	policyPrune   = Policy{Attempts: 3, Backoff: 2 * time.Second, MaxBackoff: 30 * time.Second, Timeout: 5 * time.Minute}
 	policyClosing = Policy{Attempts: 5, Backoff: time.Second, MaxBackoff: 30 * time.Second, Timeout: 5 * time.Minute}
 )
 
 // Staging names used between steps.
 const (
 	stagingFiles = "files"
+	stagingLogs  = "logs"
 )
+
+// Where backups land on the operator's computer (relative to the login's home) and how
+// they are named: <dir>/<db>-<stamp>.dump and <dir>/<stamp>.tar.zst, stamp being the
+// job's creation time in UTC (contracts.BackupTimeFormat). Prune relies on these names.
+const (
+	dumpSuffix = ".dump"
+	logsSuffix = ".tar.zst"
+)
+
+func backupDir(customer string) string { return "ferry/backups/" + customer }
+func logsDir(customer string) string   { return "ferry/logs/" + customer }
+func stamp(j *contracts.Job) string    { return j.Created.UTC().Format(contracts.BackupTimeFormat) }
 
 // DefaultWorkflows returns the three actions of the helpdesk as data, after the step
 // lists of the source document (see DESIGN.md, "The three actions"). The closing steps
@@ -86,6 +100,11 @@ func DefaultWorkflows() Workflows {
 			Args: func(*contracts.JobRequest, *contracts.Job) (any, error) { return contracts.RemoveStagingArgs{}, nil }},
 		{Name: "close", Service: contracts.ServiceConnector, Op: contracts.OpClose, Always: true, Policy: policyClosing,
 			Args: func(*contracts.JobRequest, *contracts.Job) (any, error) { return contracts.CloseArgs{}, nil }},
+	}
+	// prune keeps the newest backups ferry delivered; with keep 0 it succeeds at once.
+	prune := func(args func(*contracts.JobRequest) contracts.PruneArgs) StepDef {
+		return StepDef{Name: "prune", Service: contracts.ServiceCleanup, Op: contracts.OpPrune, Policy: policyPrune,
+			Args: func(r *contracts.JobRequest, _ *contracts.Job) (any, error) { return args(r), nil }}
 	}
 	connect := func(name string, host func(*contracts.JobRequest) string) StepDef {
 		return StepDef{Name: name, Service: contracts.ServiceConnector, Op: contracts.OpConnect, Policy: policyConnect,
@@ -143,10 +162,6 @@ func DefaultWorkflows() Workflows {
 					return contracts.DumpArgs{Engine: dbEngine(d.Engine), Database: d.Database, Addr: t.Addr, User: d.DBUser,
 						Credential: d.DBCredential, Name: d.Database + ".dump"}, nil
 				}},
-			{Name: "archive", Service: contracts.ServiceArchiver, Op: contracts.OpArchive, Policy: policyLocal,
-				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
-					return contracts.ArchiveArgs{From: "dump", Name: r.DBBackup.Database + ".tar.zst", Compression: "zstd"}, nil
-				}},
 			connect("connect-operator", func(r *contracts.JobRequest) string { return r.DBBackup.To }),
 			{Name: "deliver", Service: contracts.ServiceTransfer, Op: contracts.OpDeliver, Policy: policyBytes,
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
@@ -155,20 +170,24 @@ func DefaultWorkflows() Workflows {
 						return nil, err
 					}
 					d := r.DBBackup
-					return contracts.DeliverArgs{Host: d.To, Artifact: art.Name, DestDir: "ferry/backups/" + d.From,
-						Name: fmt.Sprintf("%s-%s.dump", d.Database, j.Created.UTC().Format("20060102T150405Z"))}, nil
+					return contracts.DeliverArgs{Host: d.To, Artifact: art.Name, DestDir: backupDir(d.From),
+						Name: d.Database + "-" + stamp(j) + dumpSuffix}, nil
 				}},
+			prune(func(r *contracts.JobRequest) contracts.PruneArgs {
+				d := r.DBBackup
+				return contracts.PruneArgs{Host: d.To, Dir: backupDir(d.From), Prefix: d.Database + "-", Suffix: dumpSuffix, Keep: d.Keep}
+			}),
 		}, closing...)},
 		contracts.ActionLogBackup: {Steps: append([]StepDef{
 			connect("connect-customer", func(r *contracts.JobRequest) string { return r.LogBackup.From }),
 			{Name: "pull", Service: contracts.ServiceTransfer, Op: contracts.OpPull, Policy: policyBytes,
 				Args: func(r *contracts.JobRequest, _ *contracts.Job) (any, error) {
 					l := r.LogBackup
-					return contracts.PullArgs{Host: l.From, Paths: l.Paths, Since: l.Since, MaxSize: l.MaxSize, AllowEmpty: l.AllowEmpty, Into: "logs"}, nil
+					return contracts.PullArgs{Host: l.From, Paths: l.Paths, Since: l.Since, MaxSize: l.MaxSize, AllowEmpty: l.AllowEmpty, Into: stagingLogs}, nil
 				}},
 			{Name: "archive", Service: contracts.ServiceArchiver, Op: contracts.OpArchive, Policy: policyLocal,
-				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
-					return contracts.ArchiveArgs{From: "logs", Name: "logs-" + j.ID + ".tar.zst", Compression: "zstd"}, nil
+				Args: func(_ *contracts.JobRequest, j *contracts.Job) (any, error) {
+					return contracts.ArchiveArgs{From: stagingLogs, Name: "logs-" + j.ID + logsSuffix, Compression: "zstd"}, nil
 				}},
 			connect("connect-operator", func(r *contracts.JobRequest) string { return r.LogBackup.To }),
 			{Name: "deliver", Service: contracts.ServiceTransfer, Op: contracts.OpDeliver, Policy: policyBytes,
@@ -178,9 +197,12 @@ func DefaultWorkflows() Workflows {
 						return nil, err
 					}
 					l := r.LogBackup
-					return contracts.DeliverArgs{Host: l.To, Artifact: art.Name, DestDir: "ferry/logs/" + l.From,
-						Name: j.Created.UTC().Format("20060102T150405Z") + ".tar.zst"}, nil
+					return contracts.DeliverArgs{Host: l.To, Artifact: art.Name, DestDir: logsDir(l.From), Name: stamp(j) + logsSuffix}, nil
 				}},
+			prune(func(r *contracts.JobRequest) contracts.PruneArgs {
+				l := r.LogBackup
+				return contracts.PruneArgs{Host: l.To, Dir: logsDir(l.From), Suffix: logsSuffix, Keep: l.Keep}
+			}),
 		}, closing...)},
 	}
 }

@@ -1,6 +1,7 @@
 // Command cleanup runs ferry's cleanup service. Configuration comes from FERRY_*
 // environment variables (see pkg/svcenv); /metrics and /healthz are served on
-// FERRY_HTTP_ADDR.
+// FERRY_HTTP_ADDR; cleanup also reads FERRY_KNOWN_HOSTS (colon-separated known_hosts
+// files) for the hosts it prunes on.
 package main
 
 import (
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/ferrydesk/ferry/contracts"
@@ -31,6 +33,9 @@ func run(ctx context.Context) error {
 		return err
 	}
 	cfg := cleanup.Config{StagingDir: env.StagingDir, SecretsDir: env.SecretsDir, Concurrency: env.Concurrency}
+	if v := os.Getenv("FERRY_KNOWN_HOSTS"); v != "" {
+		cfg.KnownHostsFiles = strings.Split(v, ":")
+	}
 	return svcenv.Run(ctx, contracts.ServiceCleanup, env, func(ctx context.Context, d svcenv.Deps) error {
 		return cleanup.Run(ctx, cfg, cleanup.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger})
 	})

@@ -19,8 +19,9 @@ import (
 type Service interface {
 	// RemoveStaging removes the job's staging area.
 	RemoveStaging(ctx context.Context, args contracts.RemoveStagingArgs) (struct{}, error)
-	// Prune keeps the newest files ferry wrote in a directory on a host and removes the rest.
-	Prune(ctx context.Context, args contracts.PruneArgs) (struct{}, error)
+	// Prune keeps the newest backups ferry delivered into a directory on a host and
+	// removes the older ones; files ferry did not write are never touched.
+	Prune(ctx context.Context, args contracts.PruneArgs) (contracts.PruneResult, error)
 }
 
 // Ops binds the methods of s to their operations for worker.NewHandler.
@@ -31,11 +32,15 @@ func Ops(s Service) []worker.Op {
 	}
 }
 
-// New returns the cleanup service working on the staging area st.
-func New(st staging.Staging) Service { return &cleanup{staging: st} }
+// New returns the cleanup service working on the staging area st, reaching hosts for
+// prune through connector (nil: prune is not supported).
+func New(st staging.Staging, connector Connector) Service {
+	return &cleanup{staging: st, connector: connector}
+}
 
 type cleanup struct {
-	staging staging.Staging
+	staging   staging.Staging
+	connector Connector
 }
 
 // RemoveStaging removes the staging directory of the job the step belongs to (the
@@ -55,9 +60,4 @@ func (c *cleanup) RemoveStaging(ctx context.Context, _ contracts.RemoveStagingAr
 	}
 	logctx.From(ctx).Debug("staging removed")
 	return struct{}{}, nil
-}
-
-// Prune is not implemented yet.
-func (c *cleanup) Prune(context.Context, contracts.PruneArgs) (struct{}, error) {
-	return struct{}{}, worker.ErrNotSupported(contracts.ServiceCleanup, contracts.OpPrune)
 }

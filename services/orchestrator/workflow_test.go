@@ -1,0 +1,116 @@
+package orchestrator
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/ferrydesk/ferry/contracts"
+)
+
+// stepNames lists the steps of an action's default workflow, closing steps marked.
+func stepNames(a contracts.Action) []string {
+	var names []string
+	for _, d := range DefaultWorkflows()[a].Steps {
+		n := string(d.Service) + "." + string(d.Op) + ":" + d.Name
+		if d.Always {
+			n += "!"
+		}
+		names = append(names, n)
+	}
+	return names
+}
+
+func TestBackupWorkflowSteps(t *testing.T) {
+	cases := map[contracts.Action][]string{
+		// The dump step writes <db>.dump and its manifest itself: no archive step.
+		contracts.ActionDBBackup: {"connector.connect:connect-customer", "connector.tunnel:tunnel", "archiver.dump:dump",
+			"connector.connect:connect-operator", "transfer.deliver:deliver", "cleanup.prune:prune",
+			"cleanup.remove-staging:remove-staging!", "connector.close:close!"},
+		contracts.ActionLogBackup: {"connector.connect:connect-customer", "transfer.pull:pull", "archiver.archive:archive",
+			"connector.connect:connect-operator", "transfer.deliver:deliver", "cleanup.prune:prune",
+			"cleanup.remove-staging:remove-staging!", "connector.close:close!"},
+	}
+	for a, want := range cases {
+		if got := stepNames(a); !reflect.DeepEqual(got, want) {
+			t.Errorf("%s steps:\n got %v\nwant %v", a, got, want)
+		}
+	}
+}
+
+// args builds the arguments of step in action's default workflow for req, with the
+// given outputs of earlier steps.
+func args[T any](t *testing.T, a contracts.Action, step string, req *contracts.JobRequest, job *contracts.Job) T {
+	t.Helper()
+	d, ok := DefaultWorkflows()[a].def(step)
+	if !ok {
+		t.Fatalf("%s has no step %s", a, step)
+	}
+	v, err := d.Args(req, job)
+	if err != nil {
+		t.Fatalf("%s/%s: %v", a, step, err)
+	}
+	got, ok := v.(T)
+	if !ok {
+		t.Fatalf("%s/%s args are %T", a, step, v)
+	}
+	return got
+}
+
+func doneStep(name string, out any) contracts.Step {
+	raw, _ := json.Marshal(out)
+	return contracts.Step{Name: name, State: contracts.StepDone, Output: raw}
+}
+
+func TestDBBackupArgs(t *testing.T) {
+	created := time.Date(2025, 3, 7, 23, 4, 5, 0, time.FixedZone("CET", 3600))
+	req := &contracts.JobRequest{Action: contracts.ActionDBBackup, DBBackup: &contracts.DBBackupRequest{
+		From: "cust-1", Database: "erp", Engine: "mysql", DBUser: "bk", DBCredential: "cust-1-db", To: "op-pc", Keep: 3}}
+	job := &contracts.Job{ID: "j1", Created: created, Steps: []contracts.Step{
+		doneStep("tunnel", contracts.TunnelResult{Addr: "127.0.0.1:40001"}),
+		doneStep("dump", contracts.ArtifactResult{Name: "erp.dump", Manifest: "erp.dump.manifest.json", Size: 10}),
+	}}
+	if got := args[contracts.TunnelArgs](t, contracts.ActionDBBackup, "tunnel", req, job); got.Remote != "127.0.0.1:3306" || got.Host != "cust-1" {
+		t.Errorf("tunnel args %+v", got)
+	}
+	dump := args[contracts.DumpArgs](t, contracts.ActionDBBackup, "dump", req, job)
+	if want := (contracts.DumpArgs{Engine: "mysql", Database: "erp", Addr: "127.0.0.1:40001", User: "bk", Credential: "cust-1-db", Name: "erp.dump"}); dump != want {
+		t.Errorf("dump args %+v, want %+v", dump, want)
+	}
+	deliver := args[contracts.DeliverArgs](t, contracts.ActionDBBackup, "deliver", req, job)
+	if want := (contracts.DeliverArgs{Host: "op-pc", Artifact: "erp.dump", DestDir: "ferry/backups/cust-1", Name: "erp-20250307T220405Z.dump"}); deliver != want {
+		t.Errorf("deliver args %+v, want %+v", deliver, want)
+	}
+	prune := args[contracts.PruneArgs](t, contracts.ActionDBBackup, "prune", req, job)
+	if want := (contracts.PruneArgs{Host: "op-pc", Dir: "ferry/backups/cust-1", Prefix: "erp-", Suffix: ".dump", Keep: 3}); prune != want {
+		t.Errorf("prune args %+v, want %+v", prune, want)
+	}
+}
+
+func TestLogBackupArgs(t *testing.T) {
+	created := time.Date(2025, 3, 7, 22, 4, 5, 999, time.UTC)
+	req := &contracts.JobRequest{Action: contracts.ActionLogBackup, LogBackup: &contracts.LogBackupRequest{
+		From: "cust-1", Paths: []string{"/var/log/app/*.log*"}, Since: contracts.Duration(48 * time.Hour), MaxSize: 1 << 20,
+		AllowEmpty: true, To: "op-pc"}}
+	job := &contracts.Job{ID: "j2", Created: created, Steps: []contracts.Step{
+		doneStep("archive", contracts.ArtifactResult{Name: "logs-j2.tar.zst", Size: 10}),
+	}}
+	pull := args[contracts.PullArgs](t, contracts.ActionLogBackup, "pull", req, job)
+	if !reflect.DeepEqual(pull, contracts.PullArgs{Host: "cust-1", Paths: []string{"/var/log/app/*.log*"}, Since: contracts.Duration(48 * time.Hour),
+		MaxSize: 1 << 20, AllowEmpty: true, Into: "logs"}) {
+		t.Errorf("pull args %+v", pull)
+	}
+	if got := args[contracts.ArchiveArgs](t, contracts.ActionLogBackup, "archive", req, job); got != (contracts.ArchiveArgs{From: "logs", Name: "logs-j2.tar.zst", Compression: "zstd"}) {
+		t.Errorf("archive args %+v", got)
+	}
+	deliver := args[contracts.DeliverArgs](t, contracts.ActionLogBackup, "deliver", req, job)
+	if want := (contracts.DeliverArgs{Host: "op-pc", Artifact: "logs-j2.tar.zst", DestDir: "ferry/logs/cust-1", Name: "20250307T220405Z.tar.zst"}); deliver != want {
+		t.Errorf("deliver args %+v, want %+v", deliver, want)
+	}
+	// Keep 0 still has a prune step: it keeps everything.
+	prune := args[contracts.PruneArgs](t, contracts.ActionLogBackup, "prune", req, job)
+	if want := (contracts.PruneArgs{Host: "op-pc", Dir: "ferry/logs/cust-1", Suffix: ".tar.zst"}); prune != want {
+		t.Errorf("prune args %+v, want %+v", prune, want)
+	}
+}
