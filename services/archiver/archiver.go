@@ -65,7 +65,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("archiver: %w", err)
 	}
 	defer func() { _ = st.Close() }()
-	svc := service.New(st)
+	svc := service.New(st, service.Options{SecretsDir: cfg.SecretsDir})
 	return worker.Serve(ctx, contracts.ServiceArchiver, service.Ops(svc),
 		worker.ServeConfig{Concurrency: cfg.Concurrency, DrainTimeout: cfg.DrainTimeout}, deps)
 }

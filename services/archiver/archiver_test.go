@@ -99,8 +99,8 @@ func tree(t *testing.T, dir string) map[string]string {
 // TestArchive runs the archive step over JetStream: the archive and its manifest land in
 // the job's staging, progress goes out, the archive extracts to the staged tree; a
 // redelivered command gives the same result without writing again; bad arguments,
-// a missing staging area and an empty one give what they should. Dump is not
-// implemented yet and must say so.
+// a missing staging area and an empty one give what they should; a dump command with
+// an unknown engine fails for good (dumps are tested in dump_test.go).
 func TestArchive(t *testing.T) {
 	nc, js, reg, stagingDir := service(t)
 	const job = "job-archive"
@@ -211,7 +211,7 @@ func TestArchive(t *testing.T) {
 		{"unknown-arg", contracts.OpArchive, map[string]string{"from": "files", "name": "x.tar.zst", "level": "9"}, contracts.StepFailed, contracts.CodeInvalidCommand},
 		{"missing", contracts.OpArchive, contracts.ArchiveArgs{From: "nothing", Name: "x.tar.zst"}, contracts.StepFailed, contracts.CodeNotFound},
 		{"empty", contracts.OpArchive, contracts.ArchiveArgs{From: "empty", Name: "logs.tar.gz", Compression: "gzip"}, contracts.StepSucceeded, ""},
-		{"dump", contracts.OpDump, contracts.DumpArgs{Engine: "postgres", Database: "app", Addr: "127.0.0.1:15432", Name: "app.dump"}, contracts.StepFailed, contracts.CodeNotSupported},
+		{"dump-bad-engine", contracts.OpDump, contracts.DumpArgs{Engine: "oracle", Database: "app", Addr: "127.0.0.1:15432", Name: "app.dump"}, contracts.StepFailed, contracts.CodeInvalidCommand},
 	}
 	for i, c := range cases {
 		ev := run(t, js, job, c.step, c.op, c.args, 2+i)

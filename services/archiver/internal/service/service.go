@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/archive"
+	"github.com/ferrydesk/ferry/pkg/dbdump"
 	"github.com/ferrydesk/ferry/pkg/logctx"
 	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/ferrydesk/ferry/pkg/worker"
@@ -43,13 +44,27 @@ func Ops(s Service) []worker.Op {
 	}
 }
 
-// New returns the archiver service working on the staging area st. Dump is not
-// implemented yet: it fails with code not_supported instead of pretending success.
-func New(st staging.Staging) Service { return &archiver{staging: st, now: time.Now} }
+// Options configure the archiver service. The zero value takes the defaults.
+type Options struct {
+	// SecretsDir holds the database credentials by reference (<SecretsDir>/<ref>/password).
+	SecretsDir string
+	// Dumper runs the database dump tools (default: found in PATH).
+	Dumper *dbdump.Dumper
+}
+
+// New returns the archiver service working on the staging area st.
+func New(st staging.Staging, opts Options) Service {
+	if opts.Dumper == nil {
+		opts.Dumper = &dbdump.Dumper{}
+	}
+	return &archiver{staging: st, now: time.Now, secretsDir: opts.SecretsDir, dumper: opts.Dumper}
+}
 
 type archiver struct {
-	staging staging.Staging
-	now     func() time.Time
+	staging    staging.Staging
+	now        func() time.Time
+	secretsDir string
+	dumper     *dbdump.Dumper
 }
 
 // maxName bounds an artifact name so that it, its manifest's name and their temporary
@@ -94,7 +109,7 @@ func (a *archiver) archive(ctx context.Context, job string, args contracts.Archi
 	defer func() { _ = root.Close() }()
 	log := logctx.From(ctx)
 
-	if res, ok, err := existing(ctx, root, args.Name, comp); err != nil {
+	if res, ok, err := existing(ctx, root, args.Name, archive.KindArchive, comp); err != nil {
 		return contracts.ArtifactResult{}, err
 	} else if ok {
 		log.Info("archive exists already and matches its manifest; not written again", "name", args.Name, "sha256", res.SHA256)
@@ -132,18 +147,8 @@ func checkArchiveArgs(args contracts.ArchiveArgs) (string, error) {
 	default:
 		return "", fmt.Errorf("compression %q: want zstd or gzip", args.Compression)
 	}
-	switch {
-	case args.Name == "":
-		return "", errors.New("no artifact name")
-	case len(args.Name) > maxName:
-		return "", fmt.Errorf("artifact name of %d bytes: at most %d", len(args.Name), maxName)
-	case strings.Contains(args.Name, "/"):
-		return "", fmt.Errorf("artifact name %q: a file name, not a path", args.Name)
-	case strings.HasSuffix(args.Name, contracts.ManifestName("")):
-		return "", fmt.Errorf("artifact name %q: reserved for manifests", args.Name)
-	}
-	if _, err := archive.SafePath(args.Name); err != nil {
-		return "", fmt.Errorf("artifact name: %w", err)
+	if err := checkName(args.Name); err != nil {
+		return "", err
 	}
 	if args.From == "" {
 		return "", errors.New("no staging area to archive (from)")
@@ -155,6 +160,25 @@ func checkArchiveArgs(args contracts.ArchiveArgs) (string, error) {
 		return "", fmt.Errorf("artifact %q would be written into the staging area %q it archives", args.Name, args.From)
 	}
 	return comp, nil
+}
+
+// checkName refuses artifact names that are not a plain file name the staging area
+// can hold next to its manifest and temporary names.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("no artifact name")
+	case len(name) > maxName:
+		return fmt.Errorf("artifact name of %d bytes: at most %d", len(name), maxName)
+	case strings.Contains(name, "/"):
+		return fmt.Errorf("artifact name %q: a file name, not a path", name)
+	case strings.HasSuffix(name, contracts.ManifestName("")):
+		return fmt.Errorf("artifact name %q: reserved for manifests", name)
+	}
+	if _, err := archive.SafePath(name); err != nil {
+		return fmt.Errorf("artifact name: %w", err)
+	}
+	return nil
 }
 
 // openInput opens the staging area from below the job's directory. Every component
@@ -260,11 +284,11 @@ func syncDir(root *os.Root) error {
 	return nil
 }
 
-// existing returns the result of an archive written before under name, when it and its
-// manifest are in place, the manifest is for this archive and compression, and the
-// archive's size and SHA-256 match it. Anything else is false: the archive is written
-// again (over what is there).
-func existing(ctx context.Context, root *os.Root, name, comp string) (contracts.ArtifactResult, bool, error) {
+// existing returns the result of an artifact (archive or dump) written before under
+// name, when it and its manifest are in place, the manifest is for this artifact, kind
+// and compression, and the artifact's size and SHA-256 (hashed again) match it.
+// Anything else is false: the artifact is written again (over what is there).
+func existing(ctx context.Context, root *os.Root, name, kind, comp string) (contracts.ArtifactResult, bool, error) {
 	mf, err := root.Open(contracts.ManifestName(name))
 	if err != nil {
 		return contracts.ArtifactResult{}, false, nil
@@ -274,7 +298,7 @@ func existing(ctx context.Context, root *os.Root, name, comp string) (contracts.
 	if err := json.NewDecoder(bufio.NewReader(mf)).Decode(&m); err != nil {
 		return contracts.ArtifactResult{}, false, nil
 	}
-	if m.Schema != contracts.SchemaManifest || m.Artifact.Name != name || m.Artifact.Compression != comp || m.Artifact.Kind != archive.KindArchive {
+	if m.Schema != contracts.SchemaManifest || m.Artifact.Name != name || m.Artifact.Compression != comp || m.Artifact.Kind != kind {
 		return contracts.ArtifactResult{}, false, nil
 	}
 	af, err := root.Open(name)
@@ -302,7 +326,7 @@ func existing(ctx context.Context, root *os.Root, name, comp string) (contracts.
 		}
 	}
 	if hex.EncodeToString(h.Sum(nil)) != m.Artifact.SHA256 {
-		logctx.From(ctx).Warn("archive does not match its manifest; writing it again", "name", name)
+		logctx.From(ctx).Warn("artifact does not match its manifest; writing it again", "name", name)
 		return contracts.ArtifactResult{}, false, nil
 	}
 	return result(m), true, nil
@@ -322,9 +346,4 @@ func randomHex() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// Dump is not implemented yet.
-func (a *archiver) Dump(context.Context, contracts.DumpArgs) (contracts.ArtifactResult, error) {
-	return contracts.ArtifactResult{}, worker.ErrNotSupported(contracts.ServiceArchiver, contracts.OpDump)
 }

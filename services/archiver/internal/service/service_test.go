@@ -28,7 +28,7 @@ func newService(t *testing.T) (*archiver, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	return New(st).(*archiver), dir
+	return New(st, Options{}).(*archiver), dir
 }
 
 // stage writes files (path → content) below <staging>/<job>/<from>.
