@@ -42,6 +42,7 @@ type system struct {
 	leases  *session.Leases
 	connReg *prometheus.Registry
 	staging string
+	secrets string
 	hosts   map[string]*sshtest.Server
 
 	mu    sync.Mutex
@@ -61,7 +62,7 @@ func startSystem(t *testing.T, played bool) *system {
 		t.Fatal(err)
 	}
 	secrets, staging := t.TempDir(), t.TempDir()
-	s.staging = staging
+	s.staging, s.secrets = staging, secrets
 	hosts, _ := inventory.Open(context.Background(), js)
 	for _, name := range []string{"customer", "operator-pc"} {
 		sshd := sshtest.Start(t, sshtest.Options{})
