@@ -4,7 +4,8 @@
 #   make run          ferry dev --demo: everything in one process
 #   make test         installs the test dependencies, then go test -race in every module
 #   make lint         gofmt, go vet and staticcheck in every module
-#   make bench        orchestrator benchmarks, then ferry against OpenSSH (scp, sftp, tar | ssh)
+#   make bench        orchestrator benchmarks, then ferry against OpenSSH (scp, sftp, tar | ssh,
+#                     and the db and log backup jobs against ssh -L + pg_dump, ssh tar | zstd + scp)
 #   make schemas      regenerates contracts/schema from the Go types
 #   make fuzz         fuzzes the job request decoder for $(FUZZTIME)
 #   make gowork-off   builds every module on its own go.mod (as a container build does)
@@ -57,7 +58,8 @@ lint:
 	  ( cd $$m && go vet ./... && go run $(STATICCHECK) ./... ) || exit 1; \
 	done
 
-# The OpenSSH comparison needs root (it runs real sshds for the test user) and ~6 min.
+# The OpenSSH comparison needs root (it runs real sshds for the test user, and a
+# PostgreSQL server as the postgres user) and ~9 min on 2 cores.
 bench:
 	cd services/orchestrator && go test -run XXX -bench . ./...
 	cd cmd/ferry && go test -run '^$$' -bench OpenSSH -benchtime 1x -timeout 20m .
