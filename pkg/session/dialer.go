@@ -10,6 +10,8 @@ import (
 	"github.com/ferrydesk/ferry/pkg/inventory"
 	"github.com/ferrydesk/ferry/pkg/sshdial"
 	"github.com/ferrydesk/ferry/pkg/worker"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Dialer hands out SSH clients under session leases: one pooled connection per lease,
@@ -121,4 +123,33 @@ func (d *Dialer) sweep(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// DialerConfig says how a service dials hosts.
+type DialerConfig struct {
+	SecretsDir      string
+	KnownHostsFiles []string
+	Keepalive       sshdial.Keepalive
+	DialTimeout     time.Duration
+}
+
+// OpenDialer binds to the lease and host buckets (waiting for them to be provisioned)
+// and returns a Dialer with a pool of its own, counting SSH connections on reg. The
+// caller closes the Dialer's Pool when done and runs Run (or watches revocations itself).
+func OpenDialer(ctx context.Context, js jetstream.JetStream, cfg DialerConfig, reg prometheus.Registerer, log *slog.Logger) (*Dialer, error) {
+	leases, err := OpenLeases(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	hosts, err := inventory.Open(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	return &Dialer{
+		Leases: leases, Hosts: hosts, SecretsDir: cfg.SecretsDir, Pool: sshdial.NewPool(), Log: log,
+		Options: sshdial.Options{
+			KnownHostsFiles: cfg.KnownHostsFiles, Keepalive: cfg.Keepalive, Timeout: cfg.DialTimeout,
+			Hooks: sshdial.NewMetrics(reg).Hooks(), Logger: log,
+		},
+	}, nil
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/bus"
-	"github.com/ferrydesk/ferry/pkg/inventory"
 	"github.com/ferrydesk/ferry/pkg/remote"
 	"github.com/ferrydesk/ferry/pkg/session"
 	"github.com/ferrydesk/ferry/pkg/sshdial"
@@ -91,23 +90,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	defer func() { _ = st.Close() }()
-	leases, err := session.OpenLeases(ctx, js)
+	dialer, err := session.OpenDialer(ctx, js, session.DialerConfig{
+		SecretsDir: cfg.SecretsDir, KnownHostsFiles: cfg.KnownHostsFiles, Keepalive: cfg.Keepalive, DialTimeout: cfg.DialTimeout,
+	}, reg, log)
 	if err != nil {
 		return err
 	}
-	hosts, err := inventory.Open(ctx, js)
-	if err != nil {
-		return err
-	}
-	pool := sshdial.NewPool()
-	defer pool.Close()
-	dialer := &session.Dialer{
-		Leases: leases, Hosts: hosts, SecretsDir: cfg.SecretsDir, Pool: pool, Log: log,
-		Options: sshdial.Options{
-			KnownHostsFiles: cfg.KnownHostsFiles, Keepalive: cfg.Keepalive, Timeout: cfg.DialTimeout,
-			Hooks: sshdial.NewMetrics(reg).Hooks(), Logger: log,
-		},
-	}
+	defer dialer.Pool.Close()
 	go func() {
 		if err := dialer.Run(ctx); err != nil {
 			log.Error("lease revocations not watched", "error", err)

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
-	"github.com/ferrydesk/ferry/pkg/inventory"
 	"github.com/ferrydesk/ferry/pkg/session"
 	"github.com/ferrydesk/ferry/pkg/sshdial"
 	"github.com/ferrydesk/ferry/pkg/svcenv"
@@ -99,24 +98,14 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("connector: %w", err)
 	}
 	log.Info("connector starting", "config", cfg)
-	leases, err := session.OpenLeases(ctx, js)
+	dialer, err := session.OpenDialer(ctx, js, session.DialerConfig{
+		SecretsDir: cfg.SecretsDir, KnownHostsFiles: cfg.KnownHostsFiles, Keepalive: cfg.Keepalive, DialTimeout: cfg.DialTimeout,
+	}, reg, log)
 	if err != nil {
 		return err
 	}
-	hosts, err := inventory.Open(ctx, js)
-	if err != nil {
-		return err
-	}
+	defer dialer.Pool.Close()
 	host, _ := os.Hostname()
-	pool := sshdial.NewPool()
-	defer pool.Close()
-	dialer := &session.Dialer{
-		Leases: leases, Hosts: hosts, SecretsDir: cfg.SecretsDir, Pool: pool, Log: log,
-		Options: sshdial.Options{
-			KnownHostsFiles: cfg.KnownHostsFiles, Keepalive: cfg.Keepalive, Timeout: cfg.DialTimeout,
-			Hooks: sshdial.NewMetrics(reg).Hooks(), Logger: log,
-		},
-	}
 	// Tunnels live as long as the service, and close before the pool does.
 	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
 	defer endLife()
@@ -126,7 +115,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}, dialer, log)
 
 	go func() {
-		if err := leases.WatchRevocations(ctx, conn.Revoked); err != nil {
+		if err := dialer.Leases.WatchRevocations(ctx, conn.Revoked); err != nil {
 			log.Error("lease revocations not watched", "error", err)
 		}
 	}()
