@@ -18,7 +18,6 @@ import (
 	"github.com/ferrydesk/ferry/pkg/dbdump"
 	"github.com/ferrydesk/ferry/pkg/logctx"
 	"github.com/ferrydesk/ferry/pkg/sshdial"
-	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/ferrydesk/ferry/pkg/worker"
 )
 
@@ -52,16 +51,9 @@ func (a *archiver) dump(ctx context.Context, job string, args contracts.DumpArgs
 	if err != nil {
 		return contracts.ArtifactResult{}, worker.Permanent(contracts.CodeInvalidCommand, fmt.Errorf("archiver dump: %w", err))
 	}
-	dir, err := a.staging.Dir(job)
+	root, err := a.jobRoot(job)
 	if err != nil {
-		if errors.Is(err, staging.ErrInvalidJob) {
-			return contracts.ArtifactResult{}, worker.Permanent(contracts.CodeInvalidCommand, err)
-		}
 		return contracts.ArtifactResult{}, err
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return contracts.ArtifactResult{}, fmt.Errorf("archiver: %w", err)
 	}
 	defer func() { _ = root.Close() }()
 	log := logctx.From(ctx).With("engine", string(target.Engine), "database", args.Database, "addr", args.Addr)
@@ -86,7 +78,7 @@ func (a *archiver) dump(ctx context.Context, job string, args contracts.DumpArgs
 		}
 	}
 
-	m, err := a.writeDump(ctx, root, dir, job, args.Name, target)
+	m, err := a.writeDump(ctx, root, root.Name(), job, args.Name, target)
 	if err != nil {
 		log.Warn("database dump failed", "name", args.Name, "error", err)
 		return contracts.ArtifactResult{}, dumpError(err)

@@ -95,16 +95,9 @@ func (a *archiver) archive(ctx context.Context, job string, args contracts.Archi
 	if err != nil {
 		return contracts.ArtifactResult{}, worker.Permanent(contracts.CodeInvalidCommand, fmt.Errorf("archiver archive: %w", err))
 	}
-	dir, err := a.staging.Dir(job)
+	root, err := a.jobRoot(job)
 	if err != nil {
-		if errors.Is(err, staging.ErrInvalidJob) {
-			return contracts.ArtifactResult{}, worker.Permanent(contracts.CodeInvalidCommand, err)
-		}
 		return contracts.ArtifactResult{}, err
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return contracts.ArtifactResult{}, fmt.Errorf("archiver: %w", err)
 	}
 	defer func() { _ = root.Close() }()
 	log := logctx.From(ctx)
@@ -346,4 +339,21 @@ func randomHex() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// jobRoot opens the job's staging directory, creating it if needed; every path a step
+// touches is resolved inside it.
+func (a *archiver) jobRoot(job string) (*os.Root, error) {
+	dir, err := a.staging.Dir(job)
+	if err != nil {
+		if errors.Is(err, staging.ErrInvalidJob) {
+			return nil, worker.Permanent(contracts.CodeInvalidCommand, err)
+		}
+		return nil, err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("archiver: %w", err)
+	}
+	return root, nil
 }
