@@ -267,24 +267,31 @@ func (a *app) hostListCommand() *cobra.Command {
 	}
 }
 
+// hostAction runs f for the host the command's one argument names, with the inventory
+// open and the request's deadline set.
+func (a *app) hostAction(f func(ctx context.Context, store *inventory.Store, name string) error) func(*cobra.Command, []string) error {
+	return action(func(cmd *cobra.Command, args []string) error {
+		if err := checkHostName(args[0]); err != nil {
+			return err
+		}
+		store, done, err := a.openInventory(cmd.Context())
+		if err != nil {
+			return err
+		}
+		defer done()
+		ctx, cancel := a.withTimeout(cmd.Context())
+		defer cancel()
+		return f(ctx, store, args[0])
+	})
+}
+
 func (a *app) hostGetCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "get NAME",
 		Short: "Show a host with its pinned host keys and their fingerprints",
 		Args:  cobra.ExactArgs(1),
-		RunE: action(func(cmd *cobra.Command, args []string) error {
-			if err := checkHostName(args[0]); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			store, done, err := a.openInventory(ctx)
-			if err != nil {
-				return err
-			}
-			defer done()
-			octx, cancel := a.withTimeout(ctx)
-			defer cancel()
-			h, _, err := store.Get(octx, args[0])
+		RunE: a.hostAction(func(ctx context.Context, store *inventory.Store, name string) error {
+			h, _, err := store.Get(ctx, name)
 			if err != nil {
 				return err
 			}
@@ -328,25 +335,14 @@ func (a *app) hostRemoveCommand() *cobra.Command {
 		Use:   "remove NAME",
 		Short: "Remove a host from the inventory",
 		Args:  cobra.ExactArgs(1),
-		RunE: action(func(cmd *cobra.Command, args []string) error {
-			if err := checkHostName(args[0]); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			store, done, err := a.openInventory(ctx)
-			if err != nil {
-				return err
-			}
-			defer done()
-			octx, cancel := a.withTimeout(ctx)
-			defer cancel()
-			if err := store.Remove(octx, args[0]); err != nil {
+		RunE: a.hostAction(func(ctx context.Context, store *inventory.Store, name string) error {
+			if err := store.Remove(ctx, name); err != nil {
 				return err
 			}
 			if a.output == "json" {
-				return a.printJSON(map[string]any{"name": args[0], "removed": true})
+				return a.printJSON(map[string]any{"name": name, "removed": true})
 			}
-			fmt.Fprintf(a.stdout, "removed host %s\n", args[0])
+			fmt.Fprintf(a.stdout, "removed host %s\n", name)
 			return nil
 		}),
 	}
