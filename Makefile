@@ -47,7 +47,7 @@ test-deps:
 test: test-deps
 	@for m in $(MODULES); do \
 	  echo "test $$m"; \
-	  ( cd $$m && go test -race -count=1 ./... ) || exit 1; \
+	  ( cd $$m && FERRY_TEST_REQUIRE=1 go test -race -count=1 ./... ) || exit 1; \
 	done
 
 lint:
@@ -60,9 +60,9 @@ lint:
 
 # The OpenSSH comparison needs root (it runs real sshds for the test user, and a
 # PostgreSQL server as the postgres user) and ~9 min on 2 cores.
-bench:
+bench: test-deps
 	cd services/orchestrator && go test -run XXX -bench . ./...
-	cd cmd/ferry && go test -run '^$$' -bench OpenSSH -benchtime 1x -timeout 20m .
+	cd cmd/ferry && FERRY_TEST_REQUIRE=1 go test -run '^$$' -bench OpenSSH -benchtime 1x -timeout 20m .
 
 schemas:
 	cd contracts && go test -run Schemas -update .

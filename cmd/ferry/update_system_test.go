@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/archive"
+	"github.com/ferrydesk/ferry/pkg/sshtest"
 )
 
 // ferry update through the CLI, with every service real, between two real sshd hosts:
@@ -107,7 +108,7 @@ func testHome(t *testing.T) (string, int, int) {
 	t.Helper()
 	u, err := user.Lookup("ferrytest")
 	if err != nil {
-		t.Skip("no ferrytest user (sshtest creates it when running as root)")
+		sshtest.Unavailable(t, "no ferrytest user (sshtest creates it when running as root)")
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)

@@ -178,7 +178,7 @@ func TestPutDiskFull(t *testing.T) {
 	dest := filepath.Join(e.dir, "small")
 	os.Mkdir(dest, 0o755)
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dest).CombinedOutput(); err != nil {
-		t.Skipf("mounting a tmpfs: %v: %s", err, out)
+		sshtest.Unavailable(t, "mounting a tmpfs: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dest).Run() })
 	write(t, filepath.Join(dest, "previous.tar.zst"), 1<<20)

@@ -101,7 +101,7 @@ func StartAgent(t testing.TB, keys ...ClientKey) string {
 	t.Helper()
 	agentPath, err := exec.LookPath("ssh-agent")
 	if err != nil {
-		t.Skip("sshtest: ssh-agent not installed")
+		Unavailable(t, "sshtest: ssh-agent not installed")
 	}
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "agent.sock")

@@ -71,7 +71,7 @@ func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	u := TestUser(t)
 	if _, err := os.Stat(SSHDPath); err != nil {
-		t.Skipf("sshtest: %s not installed", SSHDPath)
+		Unavailable(t, "sshtest: %s not installed", SSHDPath)
 	}
 	if len(opts.HostKeyTypes) == 0 {
 		opts.HostKeyTypes = []string{KeyEd25519}

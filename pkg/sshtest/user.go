@@ -37,9 +37,9 @@ func TestUser(t testing.TB) User {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if _, err := user.Lookup(UserName); err != nil {
-			t.Skipf("sshtest: user %q does not exist and only root can create it", UserName)
+			Unavailable(t, "sshtest: user %q does not exist and only root can create it", UserName)
 		}
-		t.Skip("sshtest: running sshd for a system user needs root")
+		Unavailable(t, "sshtest: running sshd for a system user needs root")
 	}
 	u, err := testUser()
 	if err != nil {
