@@ -8,7 +8,9 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"sort"
 	"strings"
+	"sync"
 )
 
 // source is one resolved source of a copy or pull.
@@ -78,33 +80,68 @@ func (c *Conn) expand(ctx context.Context, roots *Roots, given []string, allowMi
 }
 
 // walk calls fn for root and, when it is a directory, everything below it, in lexical
-// order. Symbolic links are reported, never followed. rel is the path below root
-// ("" for root itself).
+// order of the paths (a directory before what it holds). Symbolic links are reported,
+// never followed. rel is the path below root ("" for root itself).
+//
+// The directories are listed FilesInFlight at a time: on a long link a tree of many
+// directories costs a few round trips per level, not per directory.
 func (c *Conn) walk(ctx context.Context, root string, fi os.FileInfo, fn func(rel string, fi os.FileInfo) error) error {
-	var visit func(rel string, fi os.FileInfo) error
-	visit = func(rel string, fi os.FileInfo) error {
+	type entry struct {
+		rel string
+		fi  os.FileInfo
+	}
+	all := []entry{{"", fi}}
+	if fi.IsDir() {
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		var (
+			mu  sync.Mutex
+			wg  sync.WaitGroup
+			sem = make(chan struct{}, c.opts.FilesInFlight)
+		)
+		var list func(rel string)
+		list = func(rel string) {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			dir := path.Join(root, rel)
+			entries, err := c.sftp.ReadDirContext(ctx, dir)
+			<-sem
+			if err != nil {
+				cancel(c.pathErr("listing", dir, err))
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, e := range entries {
+				child := path.Join(rel, e.Name())
+				all = append(all, entry{child, e})
+				if e.IsDir() { // Lstat information: a link to a directory is not one
+					wg.Add(1)
+					go list(child)
+				}
+			}
+		}
+		wg.Add(1)
+		go list("")
+		wg.Wait()
+		if err := context.Cause(ctx); err != nil {
+			return err
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i].rel < all[j].rel })
+	}
+	for _, e := range all {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := fn(rel, fi); err != nil {
+		if err := fn(e.rel, e.fi); err != nil {
 			return err
 		}
-		if !fi.IsDir() {
-			return nil
-		}
-		dir := path.Join(root, rel)
-		entries, err := c.sftp.ReadDirContext(ctx, dir)
-		if err != nil {
-			return c.pathErr("listing", dir, err)
-		}
-		for _, e := range entries {
-			if err := visit(path.Join(rel, e.Name()), e); err != nil {
-				return err
-			}
-		}
-		return nil
 	}
-	return visit("", fi)
+	return nil
 }
 
 // Copy copies sources (paths or globs; relative ones start at the login's home) into

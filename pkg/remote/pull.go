@@ -43,7 +43,8 @@ type pullFile struct {
 }
 
 // Pull copies files from the host into spec.Dir, relative structure preserved, several
-// files at once. Each file is written to a temporary name (".<name>.ferry-part") and
+// files at once; many small files come in one tar stream where the host has GNU tar
+// (see pullTar). Each file is written to a temporary name (".<name>.ferry-part") and
 // renamed when complete; a retry skips files already in place (same size and
 // modification time) and resumes a partial file from its verified prefix. Result.Paths
 // are the landed files relative to spec.Dir, slash-separated.
@@ -117,9 +118,25 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	}
 	prog.setTotal(res.Bytes)
 	var sent atomic.Int64
-	err = c.each(ctx, len(files), func(i int) error {
-		return c.pullOne(ctx, root, files[i], prog, &sent)
-	})
+	viaTar, viaSFTP := c.splitForTar(ctx, files)
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	tarDone := make(chan struct{})
+	go func() {
+		defer close(tarDone)
+		if len(viaTar) > 0 {
+			if err := c.pullTar(pctx, root, viaTar, prog, &sent); err != nil {
+				cancel(err)
+			}
+		}
+	}()
+	if err := c.each(pctx, len(viaSFTP), func(i int) error {
+		return c.pullOne(pctx, root, viaSFTP[i], prog, &sent)
+	}); err != nil {
+		cancel(err)
+	}
+	<-tarDone
+	err = context.Cause(pctx) // the first failure, or the caller's cancellation
 	res.Sent = sent.Load()
 	if err != nil {
 		return res, err

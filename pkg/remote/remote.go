@@ -96,6 +96,8 @@ type Conn struct {
 
 	execOnce sync.Once
 	execOK   bool
+	tarOnce  sync.Once
+	tarOK    bool
 	// hashStdin hashes standard input on the host: OpenSSL's, which uses the CPU's SHA
 	// instructions, where the host has it (Debian's sha256sum does not: 4.7 s against
 	// 1.0 s per GiB on the benchmark machine), else sha256sum.

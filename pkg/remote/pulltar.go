@@ -1,0 +1,261 @@
+package remote
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Many small files cost SFTP three round trips each (open, read, close), however many
+// are in flight; a tar stream over one exec session costs one for all of them. Pull
+// sends files of at most tarMaxFile bytes through tar when there are at least
+// tarMinFiles of them and the host has GNU tar; larger files keep SFTP's concurrent
+// reads, which fill a long link better than one channel.
+const (
+	tarMinFiles = 16
+	tarMaxFile  = 256 << 10
+	// tarLanders write the files a tar stream brings, several at once: on a slow
+	// file system creating, stamping and renaming a small file costs more than its
+	// bytes. Each holds at most one file (≤ tarMaxFile) in memory.
+	tarLanders = 8
+)
+
+// canTar reports whether the host runs GNU tar over exec (needed for --null -T -).
+func (c *Conn) canTar(ctx context.Context) bool {
+	if !c.CanExec(ctx) {
+		return false
+	}
+	c.tarOnce.Do(func() {
+		var out bytes.Buffer
+		err := c.run(ctx, "tar --version", &out, nil)
+		c.tarOK = err == nil && strings.Contains(out.String(), "GNU tar")
+	})
+	return c.tarOK
+}
+
+// splitForTar returns the files Pull sends through tar and those it reads over SFTP.
+func (c *Conn) splitForTar(ctx context.Context, files []pullFile) (viaTar, viaSFTP []pullFile) {
+	for _, f := range files {
+		if f.size <= tarMaxFile {
+			viaTar = append(viaTar, f)
+		} else {
+			viaSFTP = append(viaSFTP, f)
+		}
+	}
+	if len(viaTar) < tarMinFiles || !c.canTar(ctx) {
+		return nil, files
+	}
+	return viaTar, viaSFTP
+}
+
+// pullTar lands files below root from one `tar -c` run on the host. The stream is
+// not trusted: an entry must be a regular file that was asked for, and each lands at
+// most its listed size (a file growing meanwhile is captured up to it) under a
+// temporary name, renamed when complete, tarLanders files at a time. A file already in place (same size and
+// modification time, from an earlier attempt) is not asked for again.
+func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, prog *Progress, sent *atomic.Int64) error {
+	want := map[string]pullFile{} // tar member name → file
+	var list bytes.Buffer
+	for _, f := range files {
+		if fi, err := root.Stat(filepath.FromSlash(f.rel)); err == nil && fi.Mode().IsRegular() && fi.Size() == f.size && fi.ModTime().Equal(f.mtime) {
+			prog.add(f.size)
+			continue
+		}
+		name := strings.TrimPrefix(f.remote, "/")
+		if _, dup := want[name]; dup {
+			continue
+		}
+		want[name] = f
+		list.WriteString(name)
+		list.WriteByte(0)
+	}
+	if len(want) == 0 {
+		return nil
+	}
+
+	s, err := c.ssh.NewSession()
+	if err != nil {
+		return wrapConn(c.ssh, "exec", err)
+	}
+	defer s.Close()
+	var stderr limitedBuffer
+	s.Stdin, s.Stderr = &list, &stderr
+	stdout, err := s.StdoutPipe()
+	if err != nil {
+		return wrapConn(c.ssh, "exec", err)
+	}
+	// Names are read from stdin, NUL-separated and relative to /, so none is taken
+	// for an option and GNU tar does not warn about leading slashes.
+	if err := s.Start("tar -C / --null --no-recursion --no-unquote --verbatim-files-from -T - -cf -"); err != nil {
+		return wrapConn(c.ssh, "exec", err)
+	}
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+
+	// What landed is removed again unless the run ends well: GNU tar pads a file
+	// that shrank under it with zeros and says so only at the end.
+	type job struct {
+		f    pullFile
+		data []byte
+	}
+	jobs := make(chan job, tarLanders)
+	lctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		mu     sync.Mutex
+		landed []string
+		wg     sync.WaitGroup
+	)
+	for range tarLanders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				if lctx.Err() != nil {
+					continue
+				}
+				if err := landFile(root, j.f, j.data); err != nil {
+					cancel(err)
+					continue
+				}
+				prog.add(j.f.size)
+				sent.Add(j.f.size)
+				mu.Lock()
+				landed = append(landed, j.f.rel)
+				mu.Unlock()
+			}
+		}()
+	}
+	var finishOnce sync.Once
+	finish := func() { finishOnce.Do(func() { close(jobs); wg.Wait() }) }
+	ok := false
+	defer func() {
+		finish()
+		if !ok {
+			for _, rel := range landed {
+				_ = root.Remove(filepath.FromSlash(rel))
+			}
+		}
+	}()
+
+	tr := tar.NewReader(stdout)
+	for lctx.Err() == nil {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return c.tarErr(ctx, fmt.Errorf("tar stream from the host: %w (tar said: %s)", err, stderr.String()))
+		}
+		f, asked := want[hdr.Name]
+		if !asked || hdr.Typeflag != tar.TypeReg {
+			return fmt.Errorf("%w: tar on the host sent %q (type %q), which was not asked for", ErrInvalidPath, hdr.Name, hdr.Typeflag)
+		}
+		delete(want, hdr.Name)
+		if hdr.Size < f.size {
+			return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, hdr.Size, f.size)
+		}
+		data := make([]byte, f.size)
+		if _, err := io.ReadFull(tr, data); err != nil {
+			return c.tarErr(ctx, fmt.Errorf("reading %s from the tar stream: %w", f.remote, err))
+		}
+		select {
+		case jobs <- job{f, data}:
+		case <-lctx.Done():
+		}
+	}
+	finish()
+	if lctx.Err() != nil {
+		return c.tarErr(ctx, context.Cause(lctx))
+	}
+	_, _ = io.Copy(io.Discard, stdout)
+	err = s.Wait()
+	var exit interface{ ExitStatus() int }
+	// GNU tar exits 1 when a file changed while it was read: a growing log, captured
+	// up to its listed size above. Anything else is the host's tar failing.
+	if err != nil && !(errors.As(err, &exit) && exit.ExitStatus() == 1 && len(want) == 0) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if cerr := connErr(c.ssh, err); cerr != nil {
+			return fmt.Errorf("tar stream: %w", cerr)
+		}
+		if len(want) > 0 {
+			for name, f := range want {
+				return fmt.Errorf("%s vanished while being pulled (tar said: %s): %w", f.remote, firstLine(stderr.String(), name), ErrNotFound)
+			}
+		}
+		return fmt.Errorf("tar on the host: %v: %s", err, stderr.String())
+	}
+	for _, f := range want {
+		return fmt.Errorf("%s vanished while being pulled: %w", f.remote, ErrNotFound)
+	}
+	ok = true
+	return nil
+}
+
+// landFile writes data to f's temporary name below root and renames it into place
+// with f's mode and modification time.
+func landFile(root *os.Root, f pullFile, data []byte) error {
+	part := filepath.FromSlash(partName(f.rel))
+	out, err := root.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	_, err = out.Write(data)
+	if err == nil {
+		err = out.Chmod(f.mode | 0o600)
+	}
+	if err == nil {
+		err = futimes(out, f.mtime)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = root.Rename(part, filepath.FromSlash(f.rel))
+	}
+	if err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	return nil
+}
+
+// futimes sets the access and modification times of an open file.
+func futimes(f *os.File, t time.Time) error {
+	tv := unix.NsecToTimeval(t.UnixNano())
+	return unix.Futimes(int(f.Fd()), []unix.Timeval{tv, tv})
+}
+
+// tarErr makes err the caller's cancellation or a lost connection where it is one.
+func (c *Conn) tarErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if cerr := connErr(c.ssh, err); cerr != nil {
+		return fmt.Errorf("tar stream: %w", cerr)
+	}
+	return err
+}
+
+// firstLine returns the line of s that mentions name, else s's first line.
+func firstLine(s, name string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for _, l := range lines {
+		if strings.Contains(l, name) {
+			return l
+		}
+	}
+	return lines[0]
+}

@@ -1,0 +1,133 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferrydesk/ferry/pkg/sshtest"
+)
+
+// Many small files come through one tar stream, the large one over SFTP, and the
+// staged tree is the host's, byte for byte, modes and times included — the same as a
+// pull without exec lands. A second pull finds everything in place and moves nothing.
+func TestPullManySmallFilesThroughTar(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	src := filepath.Join(e.dir, "many")
+	for i := range 60 {
+		write(t, filepath.Join(src, fmt.Sprintf("d%d", i%6), fmt.Sprintf("f%02d.txt", i)), int64(1+i*97))
+	}
+	write(t, filepath.Join(src, "odd name 'quoted'\n.txt"), 10)
+	write(t, filepath.Join(src, "-dash.txt"), 10)
+	write(t, filepath.Join(src, "big.bin"), 3<<20)
+	os.Chmod(filepath.Join(src, "d1", "f01.txt"), 0o640)
+	e.chown(e.dir)
+	c := e.open(Options{})
+	roots, _ := c.Roots(nil)
+	ctx := context.Background()
+
+	listed := 0
+	var files []pullFile
+	_ = c.walk(ctx, src, mustStat(t, c, src), func(rel string, fi os.FileInfo) error {
+		if fi.Mode().IsRegular() {
+			listed++
+			files = append(files, pullFile{size: fi.Size()})
+		}
+		return nil
+	})
+	viaTar, viaSFTP := c.splitForTar(ctx, files)
+	if len(viaTar) != 62 || len(viaSFTP) != 1 || listed != 63 {
+		t.Fatalf("split: %d through tar, %d over SFTP of %d, want 62 and 1", len(viaTar), len(viaSFTP), listed)
+	}
+
+	into := t.TempDir()
+	var prog Progress
+	res, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, &prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := treeSums(t, src)
+	got := treeSums(t, into)
+	if len(got) != len(want) || res.Files != len(want) {
+		t.Fatalf("landed %d files (result %d), want %d", len(got), res.Files, len(want))
+	}
+	for rel, sum := range want {
+		if got[rel] != sum {
+			t.Fatalf("%s: sha %s, want %s", rel, got[rel], sum)
+		}
+	}
+	if prog.Done.Load() != res.Bytes || res.Sent != res.Bytes {
+		t.Fatalf("progress %d, sent %d, bytes %d", prog.Done.Load(), res.Sent, res.Bytes)
+	}
+	fi, _ := os.Stat(filepath.Join(into, "d1", "f01.txt"))
+	si, _ := os.Stat(filepath.Join(src, "d1", "f01.txt"))
+	if fi.Mode().Perm() != 0o640 || !fi.ModTime().Equal(si.ModTime().Truncate(time.Second)) {
+		t.Fatalf("mode %v mtime %v, want 0640 and %v", fi.Mode(), fi.ModTime(), si.ModTime())
+	}
+	noParts(t, into)
+
+	again, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, nil)
+	if err != nil || again.Sent != 0 {
+		t.Fatalf("second pull: sent %d, %v; want nothing sent", again.Sent, err)
+	}
+}
+
+// A file removed between the listing and the tar run fails the pull naming it, and
+// nothing from that run stays in staging.
+func TestPullTarVanishedFile(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	src := filepath.Join(e.dir, "many")
+	for i := range 20 {
+		write(t, filepath.Join(src, fmt.Sprintf("f%02d.txt", i)), 100)
+	}
+	e.chown(e.dir)
+	c := e.open(Options{})
+	ctx := context.Background()
+	var files []pullFile
+	for i := range 20 {
+		p := filepath.Join(src, fmt.Sprintf("f%02d.txt", i))
+		fi, _ := os.Stat(p)
+		files = append(files, pullFile{remote: p, rel: filepath.Base(p), size: 100, mtime: fi.ModTime(), mode: 0o644})
+	}
+	os.Remove(filepath.Join(src, "f07.txt"))
+	into := t.TempDir()
+	root, err := os.OpenRoot(into)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	var sent atomic.Int64
+	err = c.pullTar(ctx, root, files, nil, &sent)
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "f07.txt") {
+		t.Fatalf("vanished file: %v, want ErrNotFound naming f07.txt", err)
+	}
+	if left := treeSums(t, into); len(left) != 0 {
+		t.Fatalf("left in staging after a failed tar run: %v", left)
+	}
+}
+
+func mustStat(t *testing.T, c *Conn, p string) os.FileInfo {
+	t.Helper()
+	fi, err := c.sftp.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
+}
+
+// noParts fails when a temporary name is left below dir.
+func noParts(t *testing.T, dir string) {
+	t.Helper()
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && strings.Contains(filepath.Base(p), ".ferry-part") {
+			t.Errorf("temporary file left: %s", p)
+		}
+		return nil
+	})
+}
