@@ -18,10 +18,12 @@
 //     split at a slash; size under 8 GiB) and GNU otherwise (GNU long-name records for
 //     long or non-ASCII names, base-256 sizes); never PAX, so no extended records that
 //     carry times or ids;
-//   - zstd (the default) runs with options spelled out, not left to library defaults
-//     that could follow the machine: default level, 8 MiB window, checksum on, two
-//     encoder goroutines (a stream is encoded block by block, so the bytes do not depend
-//     on the concurrency; the tests compare 1, 2, 4, 8 and the library's GOMAXPROCS);
+//   - zstd (the default) is a sequence of independent frames, one per 2 MiB of the tar
+//     stream, compressed several at once (one per CPU, at most four) and written in
+//     order, with options spelled out, not left to library defaults that could follow
+//     the machine: fastest level, checksum on; each frame's bytes depend only on its
+//     input, so the archive does not depend on the concurrency (the tests compare 1, 2,
+//     4, 8 and the default);
 //     gzip has no name, no comment, a zero mtime and the default level. The bytes are
 //     stable for one version of github.com/klauspost/compress; another version may
 //     compress differently (manifests and checks never depend on that).
@@ -90,7 +92,7 @@ type Options struct {
 	// sum of the sizes of the tree's files. The last call has done == total.
 	Progress func(done, total int64)
 
-	// zstdConcurrency overrides the zstd encoder's concurrency (tests).
+	// zstdConcurrency overrides how many zstd frames are compressed at once (tests).
 	zstdConcurrency int
 }
 
@@ -130,18 +132,10 @@ func Write(ctx context.Context, src *os.Root, w io.Writer, opts Options) (contra
 	var zw io.WriteCloser
 	switch comp {
 	case Zstd:
-		zopts := []zstd.EOption{
+		zw, err = newFrameWriter(out, opts.zstdConcurrency,
 			zstd.WithEncoderLevel(zstd.SpeedFastest),
 			zstd.WithEncoderCRC(true),
-			zstd.WithWindowSize(zstdWindow),
-		}
-		switch c := opts.zstdConcurrency; {
-		case c == 0:
-			zopts = append(zopts, zstd.WithEncoderConcurrency(zstdConcurrency))
-		case c > 0:
-			zopts = append(zopts, zstd.WithEncoderConcurrency(c))
-		} // c < 0: the library's default
-		zw, err = zstd.NewWriter(out, zopts...)
+			zstd.WithWindowSize(zstdWindow))
 	case Gzip:
 		var gw *gzip.Writer
 		gw, err = gzip.NewWriterLevel(out, gzip.DefaultCompression)
@@ -215,14 +209,9 @@ func Write(ctx context.Context, src *os.Root, w io.Writer, opts Options) (contra
 	}, nil
 }
 
-// zstdConcurrency is the zstd encoder's concurrency: for a stream, one goroutine
-// encodes a block while the next is filled. It is fixed so memory does not grow with
-// the machine's cores.
-const zstdConcurrency = 2
-
-// zstdWindow is the encoder's window (the default level's own, spelled out so the output
+// zstdWindow is the encoder's window: a frame's whole input (spelled out so the output
 // does not change with a library default).
-const zstdWindow = 8 << 20
+const zstdWindow = zstdFrame
 
 // scan lists the tree under src, sorted by path, and the total size of its files. It
 // refuses what an archive does not carry before anything is written.
