@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/pkg/sftp"
 )
 
 // ErrMismatch: a file landed on the host differs from what was sent (retryable: the
@@ -82,7 +82,7 @@ func (c *Conn) Put(ctx context.Context, u Upload, prog *Progress, sent *atomic.I
 		}
 	}
 
-	offset, h, err := c.resumeOffset(ctx, local, part, u.Size)
+	offset, err := c.resumeOffset(ctx, local, part, u.Size)
 	if err != nil {
 		return err
 	}
@@ -109,9 +109,13 @@ func (c *Conn) Put(ctx context.Context, u Upload, prog *Progress, sent *atomic.I
 		return fmt.Errorf("staging: %w", err)
 	}
 	prog.add(offset)
-	// sizedReader tells ReadFrom how much remains: it keeps the concurrent writes.
-	r := &sizedReader{r: io.TeeReader(local, h), size: u.Size - offset, prog: prog, sent: sent}
-	n, err := out.ReadFrom(r)
+	var fol *follower
+	if u.Size-offset >= followMin {
+		if fol = c.follow(ctx, part); fol != nil {
+			defer fol.close()
+		}
+	}
+	n, err := sendFrom(out, local, offset, u.Size, fol, prog, sent)
 	if err != nil {
 		out.Close()
 		var pe *fs.PathError
@@ -127,11 +131,19 @@ func (c *Conn) Put(ctx context.Context, u Upload, prog *Progress, sent *atomic.I
 		_ = c.sftp.Remove(part)
 		return fmt.Errorf("%w: staged %s changed while being sent", ErrVerify, u.Local)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != u.SHA256 {
-		_ = c.sftp.Remove(part)
-		return fmt.Errorf("%w: staged %s has SHA-256 %s, its manifest says %s", ErrVerify, u.Local, got, u.SHA256)
-	}
-	if err := c.verify(ctx, part, u.Size, u.SHA256); err != nil {
+	// The host's copy is checked against the manifest; only when it differs is the
+	// staged file hashed too, to tell a bad staging (permanent) from a bad landing.
+	if err := c.verifyLanded(ctx, part, u, fol); err != nil {
+		if errors.Is(err, ErrMismatch) {
+			if _, serr := local.Seek(0, io.SeekStart); serr == nil {
+				h := sha256.New()
+				if _, herr := io.Copy(h, local); herr == nil {
+					if got := hex.EncodeToString(h.Sum(nil)); got != u.SHA256 {
+						return fmt.Errorf("%w: staged %s has SHA-256 %s, its manifest says %s", ErrVerify, u.Local, got, u.SHA256)
+					}
+				}
+			}
+		}
 		return err
 	}
 	if u.Mode != 0 {
@@ -163,6 +175,57 @@ func (c *Conn) verify(ctx context.Context, p string, size int64, sum string) err
 	return nil
 }
 
+// sendFrom writes local from offset to size into out (positioned at offset), keeping
+// pkg/sftp's concurrent writes. With a follower it goes in followSegment pieces, and
+// the host hashes each piece once all its writes are acknowledged (a follower that
+// fails shows in its sum; verifyLanded then checks the file afresh).
+func sendFrom(out *sftp.File, local *os.File, offset, size int64, fol *follower, prog *Progress, sent *atomic.Int64) (int64, error) {
+	if fol == nil {
+		// sizedReader tells ReadFrom how much remains: it keeps the concurrent writes.
+		return out.ReadFrom(&sizedReader{r: local, size: size - offset, prog: prog, sent: sent})
+	}
+	fol.feed(offset)
+	var n int64
+	for pos := offset; pos < size; {
+		seg := min(followSegment, size-pos)
+		m, err := out.ReadFrom(&sizedReader{r: io.LimitReader(local, seg), size: seg, prog: prog, sent: sent})
+		n += m
+		pos += m
+		if err != nil || m < seg {
+			return n, err
+		}
+		fol.feed(pos)
+	}
+	return n, nil
+}
+
+// verifyLanded checks the landed temporary file against u: with the hash its follower
+// computed while the file was written, else (no follower, or it failed) by hashing it
+// on the host now. A file that differs is removed.
+func (c *Conn) verifyLanded(ctx context.Context, part string, u Upload, fol *follower) error {
+	if fol != nil {
+		sum, err := fol.sum(ctx)
+		if err == nil && fol.fed == u.Size {
+			fi, err := c.sftp.Stat(part)
+			if err != nil {
+				return c.pathErr("stat", part, err)
+			}
+			if fi.Size() != u.Size || sum != u.SHA256 {
+				_ = c.sftp.Remove(part)
+				return fmt.Errorf("%w: %s is %d bytes with SHA-256 %s on the host, expected %d bytes with %s", ErrMismatch, part, fi.Size(), sum, u.Size, u.SHA256)
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if cerr := c.ssh.Err(); cerr != nil {
+			return fmt.Errorf("hashing %s on the host: %w", part, &connectionError{err: cerr})
+		}
+	}
+	return c.verify(ctx, part, u.Size, u.SHA256)
+}
+
 // rename moves a verified temporary file over its final name atomically.
 func (c *Conn) rename(from, to string) error {
 	err := c.sftp.PosixRename(from, to)
@@ -191,17 +254,16 @@ func (c *Conn) failWrite(part string, err error) error {
 
 // resumeOffset picks where an upload to part resumes: the longest of (the part's size,
 // that size less the writes that may have been in flight, 0) whose remote prefix has
-// the same SHA-256 as the local file's. It returns the hash of the local prefix, ready
-// to take the rest.
-func (c *Conn) resumeOffset(ctx context.Context, local *os.File, part string, size int64) (int64, hash.Hash, error) {
+// the same SHA-256 as the local file's.
+func (c *Conn) resumeOffset(ctx context.Context, local *os.File, part string, size int64) (int64, error) {
 	fi, err := c.sftp.Stat(part)
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 || fi.Size() > size {
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			if e := connErr(c.ssh, err); e != nil {
-				return 0, nil, fmt.Errorf("stat %s: %w", part, e)
+				return 0, fmt.Errorf("stat %s: %w", part, e)
 			}
 		}
-		return 0, sha256.New(), nil
+		return 0, nil
 	}
 	window := int64(c.opts.MaxPacket) * int64(c.opts.RequestsPerFile)
 	candidates := []int64{fi.Size()}
@@ -211,24 +273,24 @@ func (c *Conn) resumeOffset(ctx context.Context, local *os.File, part string, si
 	for _, n := range candidates {
 		h := sha256.New()
 		if _, err := local.Seek(0, io.SeekStart); err != nil {
-			return 0, nil, fmt.Errorf("staging: %w", err)
+			return 0, fmt.Errorf("staging: %w", err)
 		}
 		if _, err := io.CopyN(h, local, n); err != nil {
-			return 0, nil, fmt.Errorf("staging: %w", err)
+			return 0, fmt.Errorf("staging: %w", err)
 		}
 		want := hex.EncodeToString(h.Sum(nil))
 		got, err := c.SHA256(ctx, part, n)
 		if err != nil {
 			if errors.Is(err, ErrConnection) {
-				return 0, nil, err
+				return 0, err
 			}
 			break
 		}
 		if got == want {
-			return n, h, nil
+			return n, nil
 		}
 	}
-	return 0, sha256.New(), nil
+	return 0, nil
 }
 
 // PutTree lands a staged tree in dir (absolute, resolved): every file of files (paths

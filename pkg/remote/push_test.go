@@ -51,8 +51,14 @@ func TestPutVerifiesBeforeRename(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		config []string
-	}{{"exec", nil}, {"sftp-only", []string{"ForceCommand internal-sftp"}}} {
+		follow bool // hash on the host while writing, in 4 MiB segments
+	}{{"exec", nil, false}, {"exec-follow", nil, true}, {"sftp-only", []string{"ForceCommand internal-sftp"}, false}} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.follow {
+				min, seg := followMin, followSegment
+				followMin, followSegment = 1<<20, 4<<20
+				t.Cleanup(func() { followMin, followSegment = min, seg })
+			}
 			e := newEnv(t, sshtest.Options{Config: tc.config})
 			local := filepath.Join(t.TempDir(), "update.tar.zst")
 			write(t, local, 24<<20)
@@ -209,8 +215,14 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		config []string
-	}{{"exec", nil}, {"sftp-only", []string{"ForceCommand internal-sftp"}}} {
+		follow bool // hash on the host while writing, in 4 MiB segments
+	}{{"exec", nil, false}, {"exec-follow", nil, true}, {"sftp-only", []string{"ForceCommand internal-sftp"}, false}} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.follow {
+				min, seg := followMin, followSegment
+				followMin, followSegment = 1<<20, 4<<20
+				t.Cleanup(func() { followMin, followSegment = min, seg })
+			}
 			e := newEnv(t, sshtest.Options{Config: tc.config})
 			dest := filepath.Join(e.dir, "opt-app")
 			write(t, filepath.Join(dest, "app", "old-only.txt"), 10)
