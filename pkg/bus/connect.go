@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,6 +25,10 @@ type Config struct {
 	CAFile   string // CA of the server's TLS certificate
 	CertFile string // client certificate (mutual TLS)
 	KeyFile  string
+	// InboxPrefix is the prefix of this connection's reply subjects. Empty: the user's
+	// own prefix, InboxPrefix(User), when a user is set (the secured server lets each
+	// user subscribe only to its own inbox), else NATS's default _INBOX.
+	InboxPrefix string
 	// ConnectTimeout bounds the first connection (default 10 s; the connection then
 	// reconnects forever).
 	ConnectTimeout time.Duration
@@ -38,6 +43,11 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("password_set", c.Password != ""), slog.String("creds", c.Creds),
 		slog.String("ca", c.CAFile), slog.Bool("in_process", c.InProcess != nil))
 }
+
+// InboxPrefix is the reply-subject prefix of a NATS user: _INBOX_<user>. The secured
+// server configuration (pkg/bus/natsconf) allows a user to subscribe only below its
+// own prefix, so no user can read the replies (KV reads, API answers) of another.
+func InboxPrefix(user string) string { return "_INBOX_" + user }
 
 // Connect dials NATS, retrying until ctx ends or ConnectTimeout passes, and then keeps
 // reconnecting forever. Connection state changes are logged.
@@ -74,6 +84,11 @@ func Connect(ctx context.Context, cfg Config, log *slog.Logger) (*nats.Conn, err
 	}
 	if cfg.Creds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.Creds))
+	}
+	if p := cfg.InboxPrefix; p != "" {
+		opts = append(opts, nats.CustomInboxPrefix(p))
+	} else if cfg.User != "" && !strings.ContainsAny(cfg.User, " \t\r\n.*>") {
+		opts = append(opts, nats.CustomInboxPrefix(InboxPrefix(cfg.User)))
 	}
 	if cfg.CAFile != "" {
 		opts = append(opts, nats.RootCAs(cfg.CAFile), nats.TLSHandshakeFirst())

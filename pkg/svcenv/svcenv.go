@@ -38,6 +38,8 @@ const (
 //
 //	FERRY_NATS_URL, FERRY_NATS_USER, FERRY_NATS_PASSWORD, FERRY_NATS_CREDS,
 //	FERRY_NATS_CA, FERRY_NATS_CERT, FERRY_NATS_KEY   how to reach NATS
+//	FERRY_NATS_PASSWORD_FILE  file holding the NATS password (a mounted secret),
+//	                          instead of FERRY_NATS_PASSWORD
 //	FERRY_HTTP_ADDR          /metrics and /healthz (default :9090)
 //	FERRY_LOG_LEVEL          debug, info, warn, error (default info)
 //	FERRY_STAGING_DIR        staging root (default /var/lib/ferry/staging)
@@ -102,10 +104,31 @@ func Load(getenv func(string) string) (Env, error) {
 			errs = append(errs, fmt.Errorf("FERRY_SHUTDOWN_TIMEOUT: must be a positive duration such as 45s, not %q", v))
 		}
 	}
+	if f := strings.TrimSpace(getenv("FERRY_NATS_PASSWORD_FILE")); f != "" {
+		if e.NATS.Password != "" {
+			errs = append(errs, errors.New("FERRY_NATS_PASSWORD and FERRY_NATS_PASSWORD_FILE: set one, not both"))
+		} else if e.NATS.Password, err = readSecretFile(f); err != nil {
+			errs = append(errs, fmt.Errorf("FERRY_NATS_PASSWORD_FILE: %w", err))
+		}
+	}
 	if (e.NATS.CertFile == "") != (e.NATS.KeyFile == "") {
 		errs = append(errs, errors.New("FERRY_NATS_CERT and FERRY_NATS_KEY: set both or neither"))
 	}
 	return e, errors.Join(errs...)
+}
+
+// readSecretFile reads a one-line secret; one trailing newline (LF or CRLF) is not
+// part of it. The error names the file, never its content.
+func readSecretFile(name string) (string, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if s == "" {
+		return "", fmt.Errorf("%s is empty", name)
+	}
+	return s, nil
 }
 
 // Deps is what Run hands to a service: its own NATS connection, a Registerer that
