@@ -80,6 +80,8 @@ func TestValidationNamesFields(t *testing.T) {
 		{"unknown flag", []string{"job", "list", "--colour"}, []string{"unknown flag"}},
 		{"missing argument", []string{"job", "get"}, []string{"accepts 1 arg"}},
 		{"bad output", []string{"job", "list", "-o", "yaml"}, []string{"table or json"}},
+		{"missing password file", []string{"job", "list", "--nats-password-file", "/nonexistent/pw"}, []string{"--nats-password-file", "/nonexistent/pw"}},
+		{"password and password file", []string{"job", "list", "--nats-password", "x", "--nats-password-file", "/etc/hostname"}, []string{"set one, not both"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/bus"
+	"github.com/ferrydesk/ferry/pkg/svcenv"
 	"github.com/ferrydesk/ferry/pkg/telemetry"
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
@@ -26,9 +27,10 @@ type app struct {
 	stdin         io.Reader
 	stdinTerminal func() bool
 
-	nats    bus.Config
-	timeout time.Duration
-	output  string
+	nats         bus.Config
+	passwordFile string // --nats-password-file
+	timeout      time.Duration
+	output       string
 
 	// devReady, when set, is told where `ferry dev` listens once it is up (tests).
 	devReady func(natsURL, httpAddr string)
@@ -41,11 +43,12 @@ func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
 
 // envFlags are flags that fall back to an environment variable when not given.
 var envFlags = map[string]string{
-	"nats-url":      "FERRY_NATS_URL",
-	"nats-user":     "FERRY_NATS_USER",
-	"nats-password": "FERRY_NATS_PASSWORD",
-	"nats-creds":    "FERRY_NATS_CREDS",
-	"nats-ca":       "FERRY_NATS_CA",
+	"nats-url":           "FERRY_NATS_URL",
+	"nats-user":          "FERRY_NATS_USER",
+	"nats-password":      "FERRY_NATS_PASSWORD",
+	"nats-password-file": "FERRY_NATS_PASSWORD_FILE",
+	"nats-creds":         "FERRY_NATS_CREDS",
+	"nats-ca":            "FERRY_NATS_CA",
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -70,6 +73,7 @@ Exit codes: 0 success, 1 job failed or cancelled or an error, 2 usage or validat
 	pf.StringVar(&a.nats.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL, comma-separated for a cluster (env FERRY_NATS_URL)")
 	pf.StringVar(&a.nats.User, "nats-user", "", "NATS user (env FERRY_NATS_USER)")
 	pf.StringVar(&a.nats.Password, "nats-password", "", "NATS password (env FERRY_NATS_PASSWORD; prefer the variable: flags show in ps)")
+	pf.StringVar(&a.passwordFile, "nats-password-file", "", "file holding the NATS password (env FERRY_NATS_PASSWORD_FILE)")
 	pf.StringVar(&a.nats.Creds, "nats-creds", "", "NATS credentials file (env FERRY_NATS_CREDS)")
 	pf.StringVar(&a.nats.CAFile, "nats-ca", "", "CA certificate of the NATS server (env FERRY_NATS_CA)")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "deadline of each request to NATS")
@@ -96,6 +100,14 @@ func (a *app) resolveEnv(cmd *cobra.Command) error {
 	})
 	if err != nil {
 		return err
+	}
+	if a.passwordFile != "" {
+		if a.nats.Password != "" {
+			return usageError(errors.New("--nats-password and --nats-password-file (or their variables): set one, not both"))
+		}
+		if a.nats.Password, err = svcenv.ReadSecretFile(a.passwordFile); err != nil {
+			return usageError(fmt.Errorf("--nats-password-file: %w", err))
+		}
 	}
 	if a.output != "table" && a.output != "json" {
 		return usageError(fmt.Errorf("--output must be table or json, not %q", a.output))

@@ -102,11 +102,16 @@ func TestSecuredStack(t *testing.T) {
 		}
 	}
 
-	// The operator's CLI as admin, and as the helpdesk system.
+	// The operator's CLI as admin, and as the helpdesk system, each password read from
+	// a file as a mounted secret would be.
 	cliEnv := func(user string) map[string]string {
 		cfg := srv.Config(t, user)
+		pw := filepath.Join(t.TempDir(), user+".password")
+		if err := os.WriteFile(pw, []byte(cfg.Password+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		return map[string]string{"FERRY_NATS_URL": cfg.URL, "FERRY_NATS_USER": cfg.User,
-			"FERRY_NATS_PASSWORD": cfg.Password, "FERRY_NATS_CA": cfg.CAFile}
+			"FERRY_NATS_PASSWORD_FILE": pw, "FERRY_NATS_CA": cfg.CAFile}
 	}
 	admin, helpdesk := cliEnv(natsconf.UserAdmin), cliEnv(natsconf.UserHelpdesk)
 

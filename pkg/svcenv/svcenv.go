@@ -107,7 +107,7 @@ func Load(getenv func(string) string) (Env, error) {
 	if f := strings.TrimSpace(getenv("FERRY_NATS_PASSWORD_FILE")); f != "" {
 		if e.NATS.Password != "" {
 			errs = append(errs, errors.New("FERRY_NATS_PASSWORD and FERRY_NATS_PASSWORD_FILE: set one, not both"))
-		} else if e.NATS.Password, err = readSecretFile(f); err != nil {
+		} else if e.NATS.Password, err = ReadSecretFile(f); err != nil {
 			errs = append(errs, fmt.Errorf("FERRY_NATS_PASSWORD_FILE: %w", err))
 		}
 	}
@@ -117,9 +117,9 @@ func Load(getenv func(string) string) (Env, error) {
 	return e, errors.Join(errs...)
 }
 
-// readSecretFile reads a one-line secret; one trailing newline (LF or CRLF) is not
+// ReadSecretFile reads a one-line secret; one trailing newline (LF or CRLF) is not
 // part of it. The error names the file, never its content.
-func readSecretFile(name string) (string, error) {
+func ReadSecretFile(name string) (string, error) {
 	b, err := os.ReadFile(name)
 	if err != nil {
 		return "", err
