@@ -114,6 +114,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		Instance: fmt.Sprintf("%s/%d", host, os.Getpid()),
 	}, dialer, log)
 
+	conn.RestoreTunnels(ctx)
 	go func() {
 		if err := dialer.Leases.WatchRevocations(ctx, conn.Revoked); err != nil {
 			log.Error("lease revocations not watched", "error", err)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -184,6 +185,54 @@ func (c *Connector) Tunnel(ctx context.Context, args contracts.TunnelArgs) (cont
 	}
 	logctx.From(ctx).Info("tunnel open", "remote", args.Remote, "addr", addr)
 	return contracts.TunnelResult{Addr: addr}, nil
+}
+
+// RestoreTunnels re-opens, on the same ports, the tunnels that live leases recorded
+// for this connector's host name: a connector killed and started again (same name,
+// same advertised address) gives the jobs in flight their tunnels back, so that a
+// dump retried after the restart reaches its database. A tunnel that cannot be
+// re-opened is logged; the step that needs it then fails with a clear error.
+func (c *Connector) RestoreTunnels(ctx context.Context) {
+	leases, err := c.dialer.Leases.All(ctx)
+	if err != nil {
+		c.log.Warn("restoring tunnels: listing leases", "error", err)
+		return
+	}
+	self, _, _ := strings.Cut(c.cfg.Instance, "/")
+	for _, ls := range leases {
+		owner, _, _ := strings.Cut(ls.Connector, "/")
+		if len(ls.Tunnels) == 0 || owner != self || c.dialer.Leases.Expired(ls) {
+			continue
+		}
+		log := c.log.With("job_id", ls.JobID, "host", ls.Host)
+		key := contracts.LeaseKey(ls.JobID, ls.Host)
+		for _, tn := range ls.Tunnels {
+			adv, port, err := net.SplitHostPort(tn.Addr)
+			if err != nil || adv != c.cfg.TunnelAdvertise || c.tunnel(key, tn.Remote) != nil {
+				continue
+			}
+			client, _, err := c.dialer.Client(ctx, ls.JobID, ls.Host)
+			if err != nil {
+				log.Warn("restoring tunnel: connecting", "remote", tn.Remote, "error", err)
+				continue
+			}
+			t, err := client.Forward(c.life, net.JoinHostPort(c.cfg.TunnelListen, port), tn.Remote)
+			if err != nil {
+				log.Warn("restoring tunnel: listening", "remote", tn.Remote, "addr", tn.Addr, "error", err)
+				continue
+			}
+			c.mu.Lock()
+			if c.tunnels[key] == nil {
+				c.tunnels[key] = map[string]*sshdial.Tunnel{}
+			}
+			c.tunnels[key][tn.Remote] = t
+			c.mu.Unlock()
+			log.Info("tunnel restored after a restart", "remote", tn.Remote, "addr", tn.Addr)
+		}
+		if err := c.dialer.Leases.Update(ctx, ls.JobID, ls.Host, func(l *contracts.Lease) { l.Connector = c.cfg.Instance }); err != nil {
+			log.Warn("restoring tunnels: updating the lease", "error", err)
+		}
+	}
 }
 
 func validPort(p string) bool {
