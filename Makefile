@@ -7,8 +7,20 @@
 #   make bench        orchestrator benchmarks, then ferry against OpenSSH (scp, sftp, tar | ssh,
 #                     and the db and log backup jobs against ssh -L + pg_dump, ssh tar | zstd + scp)
 #   make schemas      regenerates contracts/schema from the Go types
+#   make natsconf     regenerates deployments/nats/ (NATS users, permissions, configs) from pkg/bus/natsconf
+#   make certs        test CA, NATS server certificate and NATS passwords in deployments/tls/ (kept if present)
 #   make fuzz         fuzzes the job request decoder for $(FUZZTIME)
 #   make gowork-off   builds every module on its own go.mod (as a container build does)
+#   make images       every image of the compose stack, offline (no registry): the base
+#                     (debootstrap, once), static linux/amd64 binaries in bin/linux-amd64,
+#                     then ferry/{orchestrator,connector,transfer,archiver,cleanup,nats,
+#                     operator-pc,customer,prometheus}:$(IMAGE_TAG); `make images-smoke` checks them
+#   make e2e          images, then the compose stack with its e2e targets: the three actions
+#                     through the CLI from this machine, results checked on the targets
+#   make chaos        images, then the stack under faults: each service killed mid-step per
+#                     action, the customer's network cut, the whole stack restarted, a NATS
+#                     node of three killed during 50 jobs
+#   make up / down    the compose stack for a person (certs and images first)
 #   make clean
 
 SHELL := /bin/bash
@@ -23,7 +35,8 @@ LDFLAGS     := -s -w -X github.com/ferrydesk/ferry/pkg/telemetry.Version=$(VERSI
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 30s
 
-.PHONY: all build run test test-deps lint bench schemas fuzz gowork-off clean
+.PHONY: all build run test test-deps lint bench schemas fuzz gowork-off clean \
+	images images-base images-bin images-nats-check images-smoke
 
 all: lint test build
 
@@ -55,7 +68,7 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	@for m in $(MODULES); do \
 	  echo "vet + staticcheck $$m"; \
-	  ( cd $$m && go vet ./... && go run $(STATICCHECK) ./... ) || exit 1; \
+	  ( cd $$m && go vet -tags e2e ./... && go run $(STATICCHECK) -tags e2e ./... ) || exit 1; \
 	done
 
 # The OpenSSH comparison needs root (it runs real sshds for the test user, and a
@@ -67,6 +80,14 @@ bench: test-deps
 schemas:
 	cd contracts && go test -run Schemas -update .
 
+.PHONY: natsconf certs e2e chaos up down
+
+natsconf:
+	cd pkg && go test -run FilesUpToDate ./bus/natsconf -update
+
+certs:
+	@scripts/certs.sh
+
 fuzz:
 	cd contracts && go test -run XXX -fuzz FuzzDecodeJobRequest -fuzztime $(FUZZTIME) .
 
@@ -75,6 +96,67 @@ gowork-off:
 	  echo "GOWORK=off build $$m"; \
 	  ( cd $$m && GOWORK=off go build ./... ) || exit 1; \
 	done
+
+# --- images -------------------------------------------------------------------------
+# Built without a registry: deployments/images/base/build.sh debootstraps ferry/base
+# (FORCE=1 rebuilds it); every other image is an ordinary Dockerfile FROM $(BASE_IMAGE),
+# built by deployments/images/build.sh from a context holding only what it copies.
+IMAGE_TAG    ?= $(or $(FERRY_TAG),dev)
+BASE_IMAGE   ?= ferry/base:bookworm
+SERVICES     := orchestrator connector transfer archiver cleanup
+IMAGE_BIN    := $(BIN)/linux-amd64
+IMAGE_CTX    := $(BIN)/images
+STATIC_BUILD := CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath
+NATS_MODULE  := github.com/nats-io/nats-server/v2
+
+images: images-base images-bin
+	@IMAGE_TAG=$(IMAGE_TAG) BASE_IMAGE=$(BASE_IMAGE) BIN_DIR=$(IMAGE_BIN) CTX_DIR=$(IMAGE_CTX) \
+	  deployments/images/build.sh
+	@docker images --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' 'ferry/*' | sort
+
+images-base:
+	@BASE_IMAGE=$(BASE_IMAGE) deployments/images/base/build.sh
+
+# The services and the ferry CLI, static; nats-server from source at the version
+# pkg/go.mod requires (GOWORK=off: exactly that version, not the workspace's choice).
+images-bin:
+	@mkdir -p $(IMAGE_BIN)
+	@echo "go build $(SERVICES) ferry -> $(IMAGE_BIN)"
+	@$(STATIC_BUILD) -ldflags '$(LDFLAGS)' -o $(IMAGE_BIN)/ \
+	  $(foreach s,$(SERVICES),./services/$(s)/cmd/$(s)) ./cmd/ferry
+	@echo "go build $(NATS_MODULE) -> $(IMAGE_BIN)/nats-server"
+	@cd pkg && GOWORK=off $(STATIC_BUILD) -ldflags '-s -w' -o $(IMAGE_BIN)/nats-server $(NATS_MODULE)
+	@$(MAKE) --no-print-directory images-nats-check
+
+images-nats-check:
+	@want=$$(cd pkg && GOWORK=off go list -m -f '{{.Version}}' $(NATS_MODULE)); \
+	got=$$($(IMAGE_BIN)/nats-server --version); \
+	if [ "$$got" != "nats-server: $$want" ]; then \
+	  echo "$(IMAGE_BIN)/nats-server is '$$got', pkg/go.mod requires $$want"; exit 1; fi; \
+	echo "$$got (= pkg/go.mod)"
+
+images-smoke:
+	@IMAGE_TAG=$(IMAGE_TAG) scripts/images-smoke.sh
+
+# --- the compose stack ----------------------------------------------------------------
+# The e2e and chaos suites start their own project (ferry-e2e) on other host ports and
+# remove it afterwards (FERRY_E2E_KEEP=1 keeps it). They need the Docker engine and root
+# (secrets are handed to the containers' users).
+E2E_TEST := cd deployments/e2e && go test -tags e2e -count=1 -v -timeout 60m
+
+e2e: images
+	$(E2E_TEST) -run 'TestActions' .
+
+chaos: images
+	$(E2E_TEST) -run 'TestChaos' .
+
+up: images
+	@NATS_UID=10002 SERVICE_UID=10001 scripts/certs.sh
+	@mkdir -p deployments/secrets && chown 10001:10001 deployments/secrets && chmod 0700 deployments/secrets
+	docker-compose up -d
+
+down:
+	docker-compose down
 
 clean:
 	rm -rf $(BIN)
