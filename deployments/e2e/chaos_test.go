@@ -206,8 +206,13 @@ func TestChaosNetworkCut(t *testing.T) {
 	if j.State != contracts.JobSucceeded {
 		t.Fatalf("after a 20 s network cut: %s: %+v", j.State, j.Failure)
 	}
-	if s := stepNamed(j, "push"); s.Attempt < 2 {
-		t.Errorf("push succeeded in attempt %d: the cut did not hit it", s.Attempt)
+	// The cut hit the push: it took the outage at least (whether its SSH connection
+	// rode the outage out, as TCP does for 20 s, or a retry resumed it).
+	push := stepNamed(j, "push")
+	if took := push.Ended.Sub(push.Started); took < 15*time.Second {
+		t.Errorf("push took %s: the 20 s cut did not hit it", took)
+	} else {
+		t.Logf("push took %s in %d attempt(s)", took.Round(time.Second), push.Attempt)
 	}
 	checkDelivery(t, a, j)
 	st.nothingLeft(t)
@@ -342,6 +347,48 @@ func TestChaosClusterNodeLoss(t *testing.T) {
 			t.Fatalf("nats-2 did not rejoin the cluster: %v\n%s", err, out)
 		}
 		time.Sleep(time.Second)
+	}
+	st.nothingLeft(t)
+}
+
+// The customer's network is cut during a push for longer than the push's retry
+// policy: the job fails with an error that says the host is unreachable, the final
+// name never appears, and the job's temporary file is gone from the customer once the
+// job ended.
+func TestChaosLongOutage(t *testing.T) {
+	if err := chaosData(); err != nil {
+		t.Fatal(err)
+	}
+	a := actions[0]
+	id := fmt.Sprintf("chaos-outage-%d", time.Now().UnixNano())
+	if _, err := st.cli(context.Background(), "helpdesk", a.submit(id)...); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		j := st.job(t, id)
+		if s := stepNamed(j, "push"); s.State == contracts.StepRunning {
+			break
+		}
+		if j.State.Final() {
+			t.Fatalf("job ended (%s) before its push", j.State)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	network := project + "_customer-site"
+	customer := st.container(t, "customer")
+	docker(t, "network", "disconnect", network, customer)
+	j := st.waitJob(t, id, 15*time.Minute)
+	docker(t, "network", "connect", "--alias", "customer", network, customer)
+	if j.State != contracts.JobFailed || j.Failure == nil || j.Failure.Step != "push" {
+		t.Fatalf("after an outage longer than the retries: %s: %+v, want failed at push", j.State, j.Failure)
+	}
+	t.Logf("failed as expected: %s", j.Failure.Message)
+	msg := strings.ToLower(j.Failure.Message)
+	if !strings.Contains(msg, "cannot reach") && !strings.Contains(msg, "unreachable") && !strings.Contains(msg, "connection") && !strings.Contains(msg, "timeout") && !strings.Contains(msg, "timed out") {
+		t.Errorf("the failure does not say the host was unreachable: %s", j.Failure.Message)
+	}
+	if got := a.delivered(t, j); len(got) != 0 {
+		t.Errorf("left on the customer after the failed push: %v", got)
 	}
 	st.nothingLeft(t)
 }
