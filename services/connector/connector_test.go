@@ -34,15 +34,18 @@ import (
 // out of it.
 
 type fixture struct {
-	t       *testing.T
-	js      jetstream.JetStream
-	nc      *nats.Conn
-	secrets string
-	hosts   *inventory.Store
-	leases  *session.Leases
-	reg     *prometheus.Registry
-	logs    *syncBuffer
-	traffic *syncBuffer // every message on the bus, headers included
+	t         *testing.T
+	js        jetstream.JetStream
+	nc        *nats.Conn
+	secrets   string
+	hosts     *inventory.Store
+	leases    *session.Leases
+	reg       *prometheus.Registry
+	logs      *syncBuffer
+	traffic   *syncBuffer // every message on the bus, headers included
+	srv       *bustest.Server
+	cfg       connector.Config
+	stopFirst func() // stops the connector start began
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
@@ -86,25 +89,37 @@ func start(t *testing.T, cfg connector.Config) *fixture {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 10 * time.Second // PAM delays a failed password by about 2 s
 	}
-	cnc, _ := srv.Connect(t, "connector")
+	f.srv, f.cfg = srv, cfg
+	f.stopFirst = f.run()
+	t.Cleanup(f.stopFirst)
+	return f
+}
+
+// run starts a connector on the fixture's bus; stop ends it and waits.
+func (f *fixture) run() (stop func()) {
+	t := f.t
+	f.reg = prometheus.NewRegistry() // a new process: its own metrics
+	cnc, _ := f.srv.Connect(t, "connector")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- connector.Run(ctx, cfg, connector.Deps{NC: cnc, Registerer: f.reg,
+		done <- connector.Run(ctx, f.cfg, connector.Deps{NC: cnc, Registerer: f.reg,
 			Logger: slog.New(slog.NewJSONHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Error("Run did not stop")
 			}
-		case <-time.After(15 * time.Second):
-			t.Error("Run did not stop")
-		}
-	})
-	return f
+		})
+	}
 }
 
 // step sends one command and waits for its event.
@@ -226,6 +241,47 @@ func TestConnectTunnelClose(t *testing.T) {
 	}
 	// Closing again is harmless.
 	mustSucceed(t, f.step("job1", "close-again", contracts.OpClose, contracts.CloseArgs{}))
+}
+
+// A connector that stops and starts again (the same host name, as a restarted
+// container) re-opens the tunnels of live leases on their recorded ports: a dump
+// retried after the restart reaches its database through the same address.
+func TestRestartRestoresTunnels(t *testing.T) {
+	sshd := sshtest.Start(t, sshtest.Options{})
+	f := start(t, connector.Config{})
+	f.passwordHost(sshd, "customer")
+	echo := sshtest.EchoServer(t)
+	mustSucceed(t, f.step("job1", "connect", contracts.OpConnect, contracts.ConnectArgs{Host: "customer"}))
+	ev := f.step("job1", "tunnel", contracts.OpTunnel, contracts.TunnelArgs{Host: "customer", Remote: echo})
+	mustSucceed(t, ev)
+	var tr contracts.TunnelResult
+	_ = json.Unmarshal(ev.Output, &tr)
+
+	f.stopFirst()
+	if c, err := net.DialTimeout("tcp", tr.Addr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the tunnel outlived its connector")
+	}
+	t.Cleanup(f.run())
+	waitFor(t, "the tunnel to be restored", 10*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", tr.Addr, time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_, _ = c.Write([]byte("ping"))
+		_ = c.(*net.TCPConn).CloseWrite()
+		got, _ := io.ReadAll(c)
+		return string(got) == "ping"
+	})
+	if f.gauge("ferry_ssh_tunnels_active") != 1 {
+		t.Fatalf("tunnels active after the restart: %v", f.gauge("ferry_ssh_tunnels_active"))
+	}
+	mustSucceed(t, f.step("job1", "close", contracts.OpClose, contracts.CloseArgs{}))
+	if c, err := net.DialTimeout("tcp", tr.Addr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the restored tunnel still accepts connections after close")
+	}
 }
 
 func TestHostKeyPolicy(t *testing.T) {
