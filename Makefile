@@ -20,6 +20,8 @@
 #   make chaos        images, then the stack under faults: each service killed mid-step per
 #                     action, the customer's network cut, the whole stack restarted, a NATS
 #                     node of three killed during 50 jobs
+#   make bench-stack  jobs/min and p50/p95 job latency of the stack, 100 jobs at once: one
+#                     NATS node (fsync always vs default) and three nodes
 #   make up / down    the compose stack for a person (certs and images first)
 #   make clean
 
@@ -80,7 +82,7 @@ bench: test-deps
 schemas:
 	cd contracts && go test -run Schemas -update .
 
-.PHONY: natsconf certs e2e chaos up down
+.PHONY: natsconf certs e2e chaos bench-stack up down
 
 natsconf:
 	cd pkg && go test -run FilesUpToDate ./bus/natsconf -update
@@ -149,6 +151,11 @@ e2e: images
 
 chaos: images
 	$(E2E_TEST) -run 'TestChaos' .
+
+# Jobs/min and job latency of the stack with 100 small update jobs at once: one NATS node
+# (fsync before every ack, and NATS's default) and the three-node cluster.
+bench-stack: images
+	cd deployments/e2e && go test -tags e2e -count=1 -run '^$$' -bench Stack -benchtime 1x -timeout 60m .
 
 up: images
 	@NATS_UID=10002 SERVICE_UID=10001 scripts/certs.sh

@@ -39,10 +39,11 @@ var Services = []string{"orchestrator", "connector", "transfer", "archiver", "cl
 
 // stack is the compose project under test and the CLI that drives it.
 type stack struct {
-	root    string // the repository
-	work    string // this run's keys and secrets
-	cluster bool   // docker-compose.cluster.yml too
-	ferry   string // the CLI, built for this run
+	root    string   // the repository
+	work    string   // this run's keys and secrets
+	cluster bool     // docker-compose.cluster.yml too
+	extra   []string // more compose files (absolute paths)
+	ferry   string   // the CLI, built for this run
 }
 
 var st *stack
@@ -72,6 +73,7 @@ func run(m *testing.M) (int, error) {
 	if err := st.prepare(); err != nil {
 		return 1, err
 	}
+	st.down() // what an interrupted run may have left, volumes included
 	if err := st.up(context.Background()); err != nil {
 		st.logs(os.Stderr)
 		st.down()
@@ -203,6 +205,9 @@ func (s *stack) compose(ctx context.Context, args ...string) (string, error) {
 	files := []string{"-f", "docker-compose.yml"}
 	if s.cluster {
 		files = append(files, "-f", "docker-compose.cluster.yml")
+	}
+	for _, f := range s.extra {
+		files = append(files, "-f", f)
 	}
 	c := exec.CommandContext(ctx, "docker-compose", append(files, args...)...)
 	c.Dir = s.root
