@@ -299,9 +299,52 @@ func TestChaosStackRestart(t *testing.T) {
 	st.nothingLeft(t)
 }
 
+// The customer's network is cut during a push for longer than the push's retry
+// policy: the job fails with an error that says the host is unreachable, the final
+// name never appears, and the job's temporary file is gone from the customer once the
+// job ended.
+func TestChaosLongOutage(t *testing.T) {
+	if err := chaosData(); err != nil {
+		t.Fatal(err)
+	}
+	a := actions[0]
+	id := fmt.Sprintf("chaos-outage-%d", time.Now().UnixNano())
+	if _, err := st.cli(context.Background(), "helpdesk", a.submit(id)...); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		j := st.job(t, id)
+		if s := stepNamed(j, "push"); s.State == contracts.StepRunning {
+			break
+		}
+		if j.State.Final() {
+			t.Fatalf("job ended (%s) before its push", j.State)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	network := project + "_customer-site"
+	customer := st.container(t, "customer")
+	docker(t, "network", "disconnect", network, customer)
+	j := st.waitJob(t, id, 15*time.Minute)
+	docker(t, "network", "connect", "--alias", "customer", network, customer)
+	if j.State != contracts.JobFailed || j.Failure == nil || j.Failure.Step != "push" {
+		t.Fatalf("after an outage longer than the retries: %s: %+v, want failed at push", j.State, j.Failure)
+	}
+	t.Logf("failed as expected: %s", j.Failure.Message)
+	msg := strings.ToLower(j.Failure.Message)
+	if !strings.Contains(msg, "cannot reach") && !strings.Contains(msg, "unreachable") && !strings.Contains(msg, "connection") && !strings.Contains(msg, "timeout") && !strings.Contains(msg, "timed out") {
+		t.Errorf("the failure does not say the host was unreachable: %s", j.Failure.Message)
+	}
+	if got := a.delivered(t, j); len(got) != 0 {
+		t.Errorf("left on the customer after the failed push: %v", got)
+	}
+	st.nothingLeft(t)
+}
+
 // Three NATS nodes: one is killed during a batch of 50 jobs; all 50 succeed, none lost
 // or duplicated; the node is started again and the cluster heals. This test replaces
-// the single-node stack with the cluster (it runs last).
+// the single-node stack with the cluster: it stays last in this file, which go test
+// runs in order.
 func TestChaosClusterNodeLoss(t *testing.T) {
 	st.down()
 	st.cluster = true
@@ -347,48 +390,6 @@ func TestChaosClusterNodeLoss(t *testing.T) {
 			t.Fatalf("nats-2 did not rejoin the cluster: %v\n%s", err, out)
 		}
 		time.Sleep(time.Second)
-	}
-	st.nothingLeft(t)
-}
-
-// The customer's network is cut during a push for longer than the push's retry
-// policy: the job fails with an error that says the host is unreachable, the final
-// name never appears, and the job's temporary file is gone from the customer once the
-// job ended.
-func TestChaosLongOutage(t *testing.T) {
-	if err := chaosData(); err != nil {
-		t.Fatal(err)
-	}
-	a := actions[0]
-	id := fmt.Sprintf("chaos-outage-%d", time.Now().UnixNano())
-	if _, err := st.cli(context.Background(), "helpdesk", a.submit(id)...); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		j := st.job(t, id)
-		if s := stepNamed(j, "push"); s.State == contracts.StepRunning {
-			break
-		}
-		if j.State.Final() {
-			t.Fatalf("job ended (%s) before its push", j.State)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	network := project + "_customer-site"
-	customer := st.container(t, "customer")
-	docker(t, "network", "disconnect", network, customer)
-	j := st.waitJob(t, id, 15*time.Minute)
-	docker(t, "network", "connect", "--alias", "customer", network, customer)
-	if j.State != contracts.JobFailed || j.Failure == nil || j.Failure.Step != "push" {
-		t.Fatalf("after an outage longer than the retries: %s: %+v, want failed at push", j.State, j.Failure)
-	}
-	t.Logf("failed as expected: %s", j.Failure.Message)
-	msg := strings.ToLower(j.Failure.Message)
-	if !strings.Contains(msg, "cannot reach") && !strings.Contains(msg, "unreachable") && !strings.Contains(msg, "connection") && !strings.Contains(msg, "timeout") && !strings.Contains(msg, "timed out") {
-		t.Errorf("the failure does not say the host was unreachable: %s", j.Failure.Message)
-	}
-	if got := a.delivered(t, j); len(got) != 0 {
-		t.Errorf("left on the customer after the failed push: %v", got)
 	}
 	st.nothingLeft(t)
 }
