@@ -230,7 +230,19 @@ func (s *stack) up(ctx context.Context) error {
 	if err := s.waitHealthy(ctx); err != nil {
 		return err
 	}
-	return s.addHosts(ctx)
+	if err := s.addHosts(ctx); err != nil {
+		return err
+	}
+	// Healthy containers are connected ones; the orchestrator serves the jobs API once
+	// it has provisioned the streams (a fresh three-node cluster takes a few seconds).
+	var err error
+	for i := 0; i < 60; i++ {
+		if _, err = s.cli(ctx, "admin", "job", "list"); err == nil {
+			return nil
+		}
+		time.Sleep(time.Second)
+	}
+	return fmt.Errorf("the jobs API does not answer: %w", err)
 }
 
 // down removes the project, its volumes included.
