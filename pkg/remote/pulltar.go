@@ -61,8 +61,8 @@ func (c *Conn) splitForTar(ctx context.Context, files []pullFile) (viaTar, viaSF
 
 // pullTar lands files below root from one `tar -c` run on the host. The stream is
 // not trusted: an entry must be a regular file that was asked for, and each lands at
-// most its listed size (a file growing meanwhile is captured up to it) under a
-// temporary name, renamed when complete, tarLanders files at a time. A file already in place (same size and
+// most its listed size (a file growing meanwhile is captured up to it), tarLanders
+// files at a time (see landFile). A file already in place (same size and
 // modification time, from an earlier attempt) is not asked for again.
 func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, prog *Progress, sent *atomic.Int64) error {
 	want := map[string]pullFile{} // tar member name → file
@@ -205,11 +205,13 @@ func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, pro
 	return nil
 }
 
-// landFile writes data to f's temporary name below root and renames it into place
-// with f's mode and modification time.
+// landFile writes data to f's place below root, then its mode and, last, its
+// modification time. There is no temporary name: a file counts as pulled only when
+// its size and modification time are the listing's (see pullOne), which a file cut
+// short by a crash never has, and nothing reads staging before the pull step ended.
+// Creating, renaming and stamping thousands of small files cost more than their bytes.
 func landFile(root *os.Root, f pullFile, data []byte) error {
-	part := filepath.FromSlash(partName(f.rel))
-	out, err := root.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	out, err := root.OpenFile(filepath.FromSlash(f.rel), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("staging: %w", err)
 	}
@@ -222,9 +224,6 @@ func landFile(root *os.Root, f pullFile, data []byte) error {
 	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
-	}
-	if err == nil {
-		err = root.Rename(part, filepath.FromSlash(f.rel))
 	}
 	if err != nil {
 		return fmt.Errorf("staging: %w", err)

@@ -76,6 +76,20 @@ func TestPullManySmallFilesThroughTar(t *testing.T) {
 	if err != nil || again.Sent != 0 {
 		t.Fatalf("second pull: sent %d, %v; want nothing sent", again.Sent, err)
 	}
+
+	// A file cut short (as by a crash while it landed: its time not yet set) is pulled
+	// again, and only it.
+	cut := filepath.Join(into, "d3", "f33.txt")
+	if err := os.Truncate(cut, 100); err != nil {
+		t.Fatal(err)
+	}
+	again, err = c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, nil)
+	if want := int64(1 + 33*97); err != nil || again.Sent != want {
+		t.Fatalf("pull after a cut file: sent %d, %v; want the %d bytes of that file", again.Sent, err, want)
+	}
+	if got := fileSHA(t, cut); got != want["d3/f33.txt"] {
+		t.Fatalf("the cut file was not repaired")
+	}
 }
 
 // A file removed between the listing and the tar run fails the pull naming it, and
