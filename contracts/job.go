@@ -66,6 +66,11 @@ type Job struct {
 	Finished        time.Time `json:"finished,omitzero"`
 	// Events counts the job events published so far; it numbers their message ids.
 	Events int `json:"events"`
+	// TraceID is the W3C trace id of the job (32 lowercase hex digits): the one of the
+	// traceparent header its request came with, else derived from the job id. Every
+	// message about the job carries it in its traceparent header, and every service
+	// logs it as trace_id.
+	TraceID string `json:"trace_id,omitempty"`
 }
 
 // Step is one step of a job record.

@@ -2,8 +2,10 @@
 # Installs what the tests need on a Debian machine, once: a real OpenSSH server (the tests
 # start their own throwaway sshd on loopback; the system's sshd is never started), the ssh
 # client tools, and MariaDB server + client (the dump tests start their own throwaway
-# mariadbd; the system's MariaDB service is never started). PostgreSQL 15 server + client
-# are expected on the machine image and installed here only when missing.
+# mariadbd; the system's MariaDB service is never started), and promtool (Debian's
+# prometheus package: the metrics, alert-rule and dashboard checks; the Prometheus
+# service it brings is not started). PostgreSQL 15 server + client are expected on the
+# machine image and installed here only when missing.
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 
@@ -17,6 +19,7 @@ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(ma
 command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb-dump >/dev/null 2>&1 || missing+=(mariadb-client)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -29,7 +32,7 @@ fi
 echo "test-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # policy-rc.d keeps the packages from starting system services (sshd, mariadb,
-# postgresql): the tests run their own. One that is there already is left alone.
+# postgresql, prometheus): the tests run their own. One that is there already is left alone.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT

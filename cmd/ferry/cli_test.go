@@ -133,10 +133,12 @@ type fakeAPI struct {
 
 var testJob = contracts.Job{
 	Schema: contracts.SchemaJob, ID: "job-42", Action: contracts.ActionUpdate, State: contracts.JobRunning,
-	Created: time.Now().Add(-time.Minute), Updated: time.Now(),
+	Created: time.Now().Add(-time.Minute), Updated: time.Now(), TraceID: "0af7651916cd43dd8448eb211c80319c",
 	Steps: []contracts.Step{
-		{Name: "connect-operator", Service: contracts.ServiceConnector, Op: contracts.OpConnect, State: contracts.StepDone, Attempt: 1, Elapsed: 120 * time.Millisecond},
-		{Name: "push", Service: contracts.ServiceTransfer, Op: contracts.OpPush, State: contracts.StepRunning, Attempt: 1},
+		{Name: "connect-operator", Service: contracts.ServiceConnector, Op: contracts.OpConnect, State: contracts.StepDone, Attempt: 2,
+			Started: time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC), Ended: time.Date(2025, 3, 1, 10, 0, 2, 500e6, time.UTC), Elapsed: 120 * time.Millisecond},
+		{Name: "push", Service: contracts.ServiceTransfer, Op: contracts.OpPush, State: contracts.StepRunning, Attempt: 1,
+			Started: time.Now().Add(-3 * time.Second), Bytes: 64 << 20, Elapsed: 2 * time.Second},
 		{Name: "close", Service: contracts.ServiceConnector, Op: contracts.OpClose, State: contracts.StepPending, Always: true},
 	},
 }
@@ -277,7 +279,10 @@ func TestAgainstFakeAPI(t *testing.T) {
 	})
 	t.Run("job get table", func(t *testing.T) {
 		r := ferry(t, env, "job", "get", "job-42")
-		for _, w := range []string{"job-42", "running", "connect-operator", "close (always)", "STEP"} {
+		started := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC).Local().Format("15:04:05.000")
+		for _, w := range []string{"job-42", "running", "connect-operator", "close (always)", "STEP",
+			"ATTEMPTS", "STARTED", "ENDED", "WALL", "WORK", "RATE", "trace:", "0af7651916cd43dd8448eb211c80319c",
+			started, "2.5s", "120ms", "64.0 MiB", "32.0 MiB/s", "so far", "bytes:"} {
 			if !strings.Contains(r.stdout, w) {
 				t.Errorf("stdout lacks %q:\n%s", w, r.stdout)
 			}

@@ -22,6 +22,7 @@ import (
 type devRun struct {
 	out, errb *syncBuffer
 	nats      string
+	http      string // /metrics and /healthz
 	cancel    context.CancelFunc
 	done      chan error
 }
@@ -30,15 +31,16 @@ func startDev(t *testing.T, args ...string) *devRun {
 	t.Helper()
 	d := &devRun{out: &syncBuffer{}, errb: &syncBuffer{}, done: make(chan error, 1)}
 	a := newApp(d.out, d.errb, func(string) string { return "" })
-	ready := make(chan string, 1)
-	a.devReady = func(n, _ string) { ready <- n }
+	ready := make(chan [2]string, 1)
+	a.devReady = func(n, h string) { ready <- [2]string{n, h} }
 	root := a.rootCommand()
 	root.SetArgs(append([]string{"dev", "--nats-listen", "127.0.0.1:0", "--http", "127.0.0.1:0"}, args...))
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	go func() { d.done <- root.ExecuteContext(ctx) }()
 	select {
-	case d.nats = <-ready:
+	case addrs := <-ready:
+		d.nats, d.http = addrs[0], addrs[1]
 	case err := <-d.done:
 		t.Fatalf("ferry dev stopped: %v\n%s", err, d.errb.String())
 	case <-time.After(20 * time.Second):

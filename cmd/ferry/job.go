@@ -100,14 +100,25 @@ func (a *app) jobGetCommand() *cobra.Command {
 }
 
 func (a *app) printJob(j *contracts.Job) error {
+	now := time.Now()
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "job:\t%s\n", j.ID)
 	fmt.Fprintf(tw, "action:\t%s\n", j.Action)
 	fmt.Fprintf(tw, "state:\t%s\n", j.State)
+	if j.TraceID != "" {
+		fmt.Fprintf(tw, "trace:\t%s\n", j.TraceID)
+	}
 	fmt.Fprintf(tw, "created:\t%s\n", when(j.Created))
 	fmt.Fprintf(tw, "updated:\t%s (%s)\n", when(j.Updated), ago(j.Updated))
 	if !j.Finished.IsZero() {
-		fmt.Fprintf(tw, "finished:\t%s (took %s)\n", when(j.Finished), j.Finished.Sub(j.Created).Round(time.Second))
+		fmt.Fprintf(tw, "finished:\t%s (took %s)\n", when(j.Finished), fmtDuration(j.Finished.Sub(j.Created)))
+	}
+	var total int64
+	for _, s := range j.Steps {
+		total += s.Bytes
+	}
+	if total > 0 {
+		fmt.Fprintf(tw, "bytes:\t%s\n", humanBytes(total))
 	}
 	if j.Failure != nil {
 		fmt.Fprintf(tw, "failure:\t%s\n", failureText(j.Failure))
@@ -119,26 +130,53 @@ func (a *app) printJob(j *contracts.Job) error {
 		return err
 	}
 	fmt.Fprintln(a.stdout)
+	// STARTED is the first attempt's start, ENDED the step's end; WALL the time between
+	// them (retries and their waits included; for a running step, so far); WORK the
+	// time its attempts took in the workers; RATE its bytes over WORK.
 	tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "STEP\tSERVICE\tOP\tSTATE\tATTEMPT\tELAPSED\tBYTES\tERROR")
+	fmt.Fprintln(tw, "STEP\tSERVICE\tOP\tSTATE\tATTEMPTS\tSTARTED\tENDED\tWALL\tWORK\tBYTES\tRATE\tERROR")
 	for _, s := range j.Steps {
 		name := s.Name
 		if s.Always {
 			name += " (always)"
 		}
-		elapsed, bytes, errText := "-", "-", "-"
-		if s.Elapsed > 0 {
-			elapsed = s.Elapsed.Round(time.Millisecond).String()
-		}
-		if s.Bytes > 0 {
-			bytes = humanBytes(s.Bytes)
-		}
-		if s.Error != nil {
-			errText = s.Error.Code + ": " + s.Error.Message
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", name, s.Service, s.Op, s.State, s.Attempt, elapsed, bytes, errText)
+		c := stepColumns(s, now)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, s.Service, s.Op, s.State, s.Attempt,
+			c.started, c.ended, c.wall, c.work, c.bytes, c.rate, c.err)
 	}
 	return tw.Flush()
+}
+
+type stepCols struct{ started, ended, wall, work, bytes, rate, err string }
+
+// stepColumns formats a step's timings and bytes for the job table.
+func stepColumns(s contracts.Step, now time.Time) stepCols {
+	c := stepCols{started: "-", ended: "-", wall: "-", work: "-", bytes: "-", rate: "-", err: "-"}
+	if !s.Started.IsZero() {
+		c.started = s.Started.Local().Format("15:04:05.000")
+	}
+	if !s.Ended.IsZero() {
+		c.ended = s.Ended.Local().Format("15:04:05.000")
+	}
+	switch {
+	case !s.Started.IsZero() && !s.Ended.IsZero():
+		c.wall = fmtDuration(s.Ended.Sub(s.Started))
+	case !s.Started.IsZero() && !s.State.Final():
+		c.wall = fmtDuration(now.Sub(s.Started)) + " so far"
+	}
+	if s.Elapsed > 0 {
+		c.work = fmtDuration(s.Elapsed)
+	}
+	if s.Bytes > 0 {
+		c.bytes = humanBytes(s.Bytes)
+		if s.Elapsed > 0 {
+			c.rate = humanBytes(int64(float64(s.Bytes)/s.Elapsed.Seconds())) + "/s"
+		}
+	}
+	if s.Error != nil {
+		c.err = s.Error.Code + ": " + s.Error.Message
+	}
+	return c
 }
 
 func (a *app) jobWatchCommand() *cobra.Command {

@@ -25,11 +25,15 @@ func Message(subject string, v any, correlationID string) (*nats.Msg, error) {
 }
 
 // Publish stores v as JSON on a stream subject with Nats-Msg-Id msgID, so a retried
-// publish is stored once, and waits for the stream's acknowledgement.
+// publish is stored once, and waits for the stream's acknowledgement. The message
+// carries correlationID and, when ctx has one (WithTrace), a traceparent.
 func Publish(ctx context.Context, js jetstream.JetStream, subject string, v any, msgID, correlationID string) error {
 	m, err := Message(subject, v, correlationID)
 	if err != nil {
 		return err
+	}
+	if t, ok := TraceFrom(ctx); ok {
+		SetTrace(m, t)
 	}
 	if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID)); err != nil {
 		return fmt.Errorf("publishing %s (%s): %w", subject, msgID, err)
@@ -39,10 +43,13 @@ func Publish(ctx context.Context, js jetstream.JetStream, subject string, v any,
 
 // SignalCancel tells every worker to abort in-flight work of job (core NATS, not
 // stored: a worker that misses it is stopped by the step's deadline instead).
-func SignalCancel(nc *nats.Conn, job string) error {
+func SignalCancel(ctx context.Context, nc *nats.Conn, job string) error {
 	m, err := Message(contracts.CancelSignalSubject(job), contracts.CancelRequest{Schema: contracts.SchemaCancel, JobID: job}, job)
 	if err != nil {
 		return err
+	}
+	if t, ok := TraceFrom(ctx); ok {
+		SetTrace(m, t)
 	}
 	return nc.PublishMsg(m)
 }

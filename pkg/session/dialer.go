@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/bus"
 	"github.com/ferrydesk/ferry/pkg/inventory"
 	"github.com/ferrydesk/ferry/pkg/sshdial"
 	"github.com/ferrydesk/ferry/pkg/worker"
@@ -65,6 +66,7 @@ func (d *Dialer) dial(ctx context.Context, name, fingerprint string) (*sshdial.C
 	opts.SecretsDir = d.SecretsDir
 	opts.Credential = cred
 	opts.RequireFingerprint = fingerprint
+	opts.Logger = jobLogger(ctx, opts.Logger)
 	c, err := sshdial.Dial(ctx, h, opts)
 	if err != nil {
 		return nil, Classify(err)
@@ -152,4 +154,18 @@ func OpenDialer(ctx context.Context, js jetstream.JetStream, cfg DialerConfig, r
 			Hooks: sshdial.NewMetrics(reg).Hooks(), Logger: log,
 		},
 	}, nil
+}
+
+// jobLogger adds the job id and trace of the step running in ctx to log, so the SSH
+// lines of a connection (handshake failures, the connection ending) name their job.
+func jobLogger(ctx context.Context, log *slog.Logger) *slog.Logger {
+	job := worker.JobID(ctx)
+	if log == nil || job == "" {
+		return log
+	}
+	log = log.With("job_id", job)
+	if t, ok := bus.TraceFrom(ctx); ok {
+		log = log.With("trace_id", t.TraceID, "span_id", t.SpanID)
+	}
+	return log
 }

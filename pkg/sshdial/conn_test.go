@@ -116,6 +116,8 @@ func TestUnreachableIsRetryable(t *testing.T) {
 	}()
 	opts := e.options()
 	opts.Timeout = 300 * time.Millisecond
+	reg := prometheus.NewPedanticRegistry()
+	opts.Hooks = sshdial.NewMetrics(reg).Hooks()
 	start := time.Now()
 	_, err = e.dialHost(t, hostAt(silent.Addr().(*net.TCPAddr).Port), opts)
 	if !errors.Is(err, sshdial.ErrUnreachable) || !sshdial.Retryable(err) || !strings.Contains(err.Error(), "timed out") {
@@ -124,6 +126,7 @@ func TestUnreachableIsRetryable(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("timeout took %s", d)
 	}
+	checkMetrics(t, reg, map[string]float64{`ferry_ssh_connections_total{host="nowhere",method="none",outcome="timeout"}`: 1})
 
 	// The caller's context bounds the handshake too.
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
@@ -223,12 +226,12 @@ func TestMetrics(t *testing.T) {
 	e.dialHost(t, unknown, opts)
 
 	want := map[string]float64{
-		`ferry_ssh_connections_total{method="password",outcome="ok"}`:           1,
-		`ferry_ssh_connections_total{method="none",outcome="host_key_unknown"}`: 1,
-		`ferry_ssh_host_key_failures_total{kind="unknown"}`:                     1,
-		`ferry_ssh_sessions_active`:                                             1,
-		`ferry_ssh_tunnels_active`:                                              1,
-		`ferry_ssh_handshake_duration_seconds_count`:                            1,
+		`ferry_ssh_connections_total{host="web1",method="password",outcome="ok"}`:           1,
+		`ferry_ssh_connections_total{host="web1",method="none",outcome="host_key_unknown"}`: 1,
+		`ferry_ssh_host_key_failures_total{host="web1",kind="unknown"}`:                     1,
+		`ferry_ssh_sessions_active`:                  1,
+		`ferry_ssh_tunnels_active`:                   1,
+		`ferry_ssh_handshake_duration_seconds_count`: 1,
 	}
 	checkMetrics(t, reg, want)
 	tun.Close()

@@ -89,7 +89,7 @@ func Dial(ctx context.Context, host contracts.Host, opts Options) (*Client, erro
 	hooks := opts.Hooks
 
 	if host.Address == "" || host.User == "" {
-		hooks.connection(MethodNone, "invalid_host")
+		hooks.connection(host.Name, MethodNone, "invalid_host")
 		return nil, fmt.Errorf("host %q: address and user are required", host.Name)
 	}
 	port := host.Port
@@ -102,7 +102,7 @@ func Dial(ctx context.Context, host contracts.Host, opts Options) (*Client, erro
 	if cred == nil {
 		var err error
 		if cred, err = LoadCredential(opts.SecretsDir, host.Credential); err != nil {
-			hooks.connection(MethodNone, "credential")
+			hooks.connection(host.Name, MethodNone, "credential")
 			log.Warn("ssh credential unusable", "error", err)
 			return nil, err
 		}
@@ -110,7 +110,7 @@ func Dial(ctx context.Context, host contracts.Host, opts Options) (*Client, erro
 	check, err := newHostKeyCheck(host.Name, address, host.HostKeys, opts.KnownHostsFiles,
 		host.TrustOnFirstUse, opts.RequireFingerprint)
 	if err != nil {
-		hooks.connection(MethodNone, "invalid_host")
+		hooks.connection(host.Name, MethodNone, "invalid_host")
 		return nil, err
 	}
 
@@ -135,10 +135,15 @@ func Dial(ctx context.Context, host contracts.Host, opts Options) (*Client, erro
 	conn, err := d.DialContext(dctx, "tcp", address)
 	if err != nil {
 		if errors.Is(ctx.Err(), context.Canceled) {
-			hooks.connection(MethodNone, "canceled")
+			hooks.connection(host.Name, MethodNone, "canceled")
 			return nil, fmt.Errorf("ssh %s: dial %s: %w", host.Name, address, ctx.Err())
 		}
-		hooks.connection(MethodNone, "unreachable")
+		outcome := "unreachable"
+		var netErr net.Error
+		if dctx.Err() != nil || (errors.As(err, &netErr) && netErr.Timeout()) {
+			outcome = "timeout"
+		}
+		hooks.connection(host.Name, MethodNone, outcome)
 		return nil, &Error{Host: host.Name, Kind: ErrUnreachable, Err: fmt.Errorf("ssh %s: cannot reach %s: %w", host.Name, address, err)}
 	}
 
@@ -157,9 +162,9 @@ func Dial(ctx context.Context, host contracts.Host, opts Options) (*Client, erro
 	if err != nil {
 		conn.Close()
 		kind, outcome, derr := classify(ctx, dctx, host, address, check, auth, err)
-		hooks.connection(auth.method(), outcome)
+		hooks.connection(host.Name, auth.method(), outcome)
 		if kind != "" {
-			hooks.hostKeyFailure(kind)
+			hooks.hostKeyFailure(host.Name, kind)
 		}
 		log.Warn("ssh connection failed", "address", address, "outcome", outcome, "error", derr)
 		return nil, derr
@@ -178,7 +183,7 @@ func Dial(ctx context.Context, host contracts.Host, opts Options) (*Client, erro
 		Handshake:         handshake,
 		ServerVersion:     string(sshConn.ServerVersion()),
 	}, opts.Keepalive, hooks, log)
-	hooks.connection(c.info.AuthMethod, "ok")
+	hooks.connection(host.Name, c.info.AuthMethod, "ok")
 	hooks.handshake(handshake)
 	log.Debug("ssh connected", "address", address, "fingerprint", c.info.Fingerprint,
 		"trusted_on_first_use", firstUse, "method", c.info.AuthMethod, "handshake", handshake)
@@ -216,7 +221,7 @@ func classify(ctx, dctx context.Context, host contracts.Host, address string, ch
 	}
 	var netErr net.Error
 	if dctx.Err() != nil || (errors.As(err, &netErr) && netErr.Timeout()) {
-		return "", "unreachable", &Error{Host: host.Name, Kind: ErrUnreachable,
+		return "", "timeout", &Error{Host: host.Name, Kind: ErrUnreachable,
 			Err: fmt.Errorf("ssh %s: handshake with %s timed out: %w", host.Name, address, err)}
 	}
 	if started, detail := auth.failure(); started {
@@ -234,16 +239,19 @@ func classify(ctx, dctx context.Context, host contracts.Host, address string, ch
 // Hooks are optional callbacks through which the caller counts metrics; nil fields
 // are skipped. They are called synchronously and must be safe for concurrent use.
 type Hooks struct {
-	// Connection is called once per Dial with the authentication method that
-	// succeeded (or was tried last, "none" before authentication) and the outcome:
-	// "ok", "auth_failed", "host_key_unknown", "host_key_changed",
-	// "host_key_revoked", "unreachable", "credential", "handshake", "canceled" or
-	// "invalid_host" (no address or user, malformed pinned key).
-	Connection func(method, outcome string)
+	// Connection is called once per Dial with the inventory name of the host, the
+	// authentication method that succeeded (or was tried last, "none" before
+	// authentication) and the outcome: "ok", "auth_failed", "host_key_unknown",
+	// "host_key_changed", "host_key_revoked", "timeout" (no TCP connection or no
+	// handshake within the dial timeout), "unreachable" (refused, reset, no route),
+	// "credential", "handshake", "canceled" or "invalid_host" (no address or user,
+	// malformed pinned key).
+	Connection func(host, method, outcome string)
 	// Handshake is called with the duration of every successful handshake.
 	Handshake func(time.Duration)
-	// HostKeyFailure is called with "unknown", "changed" or "revoked".
-	HostKeyFailure func(kind string)
+	// HostKeyFailure is called with the host's inventory name and "unknown",
+	// "changed" or "revoked".
+	HostKeyFailure func(host, kind string)
 	// SessionsActive is called with +1 when a connection is established and -1
 	// when it ends.
 	SessionsActive func(delta int)
@@ -251,9 +259,9 @@ type Hooks struct {
 	TunnelsActive func(delta int)
 }
 
-func (h Hooks) connection(method, outcome string) {
+func (h Hooks) connection(host, method, outcome string) {
 	if h.Connection != nil {
-		h.Connection(method, outcome)
+		h.Connection(host, method, outcome)
 	}
 }
 
@@ -263,9 +271,9 @@ func (h Hooks) handshake(d time.Duration) {
 	}
 }
 
-func (h Hooks) hostKeyFailure(kind string) {
+func (h Hooks) hostKeyFailure(host, kind string) {
 	if h.HostKeyFailure != nil {
-		h.HostKeyFailure(kind)
+		h.HostKeyFailure(host, kind)
 	}
 }
 

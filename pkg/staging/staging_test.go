@@ -129,3 +129,14 @@ func TestCancelled(t *testing.T) {
 		t.Errorf("Remove with a cancelled ctx = %v", err)
 	}
 }
+
+func TestFilesystem(t *testing.T) {
+	d, _ := newDir(t)
+	size, avail, err := d.Filesystem()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if size == 0 || avail > size {
+		t.Errorf("Filesystem() = size %d, avail %d", size, avail)
+	}
+}

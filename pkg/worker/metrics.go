@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"github.com/ferrydesk/ferry/contracts"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -28,6 +29,20 @@ func NewRunnerMetrics(reg prometheus.Registerer) *RunnerMetrics {
 	return m
 }
 
+// Init creates the series of ops at zero, so that rates and alerts see their first
+// increase.
+func (m *RunnerMetrics) Init(ops ...contracts.Op) {
+	if m == nil {
+		return
+	}
+	for _, op := range ops {
+		m.redeliveries.WithLabelValues(string(op))
+		for _, reason := range []string{"poison", "expired"} {
+			m.terminations.WithLabelValues(string(op), reason)
+		}
+	}
+}
+
 func (m *RunnerMetrics) redelivered(op string) {
 	if m != nil {
 		m.redeliveries.WithLabelValues(op).Inc()
@@ -49,8 +64,9 @@ type EndpointMetrics struct {
 	bytes    *prometheus.CounterVec
 }
 
-// StepBuckets spans SSH steps from milliseconds to hours.
-var StepBuckets = []float64{.005, .025, .1, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400}
+// StepBuckets spans SSH steps from milliseconds to hours (the longest step timeout is
+// 6 h).
+var StepBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 21600}
 
 // NewEndpointMetrics registers the endpoint metrics on reg.
 func NewEndpointMetrics(reg prometheus.Registerer) *EndpointMetrics {
@@ -75,4 +91,23 @@ func NewEndpointMetrics(reg prometheus.Registerer) *EndpointMetrics {
 	}
 	reg.MustRegister(m.steps, m.duration, m.inflight, m.bytes)
 	return m
+}
+
+// Outcomes of a step execution (label outcome).
+var executionOutcomes = []string{"succeeded", "failed", "cancelled"}
+
+// Init creates the series of ops at zero (executions by outcome, steps in flight,
+// bytes), so that a dashboard shows every op and a rate sees its first increase.
+func (m *EndpointMetrics) Init(ops ...contracts.Op) {
+	if m == nil {
+		return
+	}
+	for _, op := range ops {
+		o := string(op)
+		m.inflight.WithLabelValues(o)
+		m.bytes.WithLabelValues(o)
+		for _, outcome := range executionOutcomes {
+			m.steps.WithLabelValues(o, outcome)
+		}
+	}
 }

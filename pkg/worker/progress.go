@@ -46,6 +46,9 @@ func ReportProgress(ctx context.Context, file string, done, total int64) {
 		Schema: contracts.SchemaProgress, JobID: p.cmd.JobID, Step: p.cmd.Step, Attempt: p.cmd.Attempt,
 		File: file, Done: done, Total: total, Time: now.UTC(),
 	}, p.cmd.JobID)
+	if t, ok := bus.TraceFrom(ctx); ok && err == nil {
+		bus.SetTrace(m, t)
+	}
 	if err == nil {
 		_ = p.nc.PublishMsg(m) // best effort: progress is advisory
 	}

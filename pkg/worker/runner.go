@@ -222,15 +222,24 @@ func (r *Runner) handle(work context.Context, msg jetstream.Msg) {
 		if err != nil {
 			reason += ": " + err.Error()
 		}
-		r.Log.Error("poison command terminated", "subject", msg.Subject(), "reason", reason, "job_id", cmd.JobID)
+		tr := bus.TraceOf(msg.Headers(), cmd.JobID)
+		r.Log.Error("poison command terminated", append([]any{"subject", msg.Subject(), "reason", reason, "job_id", cmd.JobID}, tr.LogAttrs()...)...)
 		r.Metrics.terminated(string(cmd.Op), "poison")
 		if contracts.ValidID(cmd.JobID) && cmd.Step != "" {
-			r.publishEvent(work, cmd, contracts.StepFailed, &contracts.StepError{Code: contracts.CodeInvalidCommand, Message: reason}, Result{}, 0)
+			r.publishEvent(bus.WithTrace(work, tr), cmd, contracts.StepFailed, &contracts.StepError{Code: contracts.CodeInvalidCommand, Message: reason}, Result{}, 0)
 		}
 		_ = msg.TermWithReason(reason)
 		return
 	}
+	// The attempt is a span of the job's trace: its id is logged on every line and is
+	// the parent in the traceparent of the events it publishes.
+	tr := bus.TraceOf(msg.Headers(), cmd.JobID)
+	work = bus.WithTrace(work, tr)
 	log := r.Log.With("job_id", cmd.JobID, "step", cmd.Step, "attempt", cmd.Attempt, "op", cmd.Op, "host", hostArg(cmd.Args))
+	log = log.With(tr.LogAttrs()...)
+	if cid := msg.Headers().Get(contracts.HeaderCorrelationID); cid != "" && cid != cmd.JobID {
+		log = log.With("correlation_id", cid)
+	}
 	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
 		log.Info("command redelivered", "delivery", md.NumDelivered)
 		r.Metrics.redelivered(string(cmd.Op))
@@ -359,7 +368,7 @@ func (r *Runner) publishEvent(ctx context.Context, cmd contracts.StepCommand, ki
 	err := bus.Publish(pctx, r.JS, contracts.StepEventSubject(cmd.JobID), ev,
 		contracts.StepEventMsgID(cmd.JobID, cmd.Step, cmd.Attempt, ev.Kind), cmd.JobID)
 	if err != nil {
-		r.Log.Error("publishing step event", "job_id", cmd.JobID, "step", cmd.Step, "error", err)
+		r.Log.Error("publishing step event", "job_id", cmd.JobID, "step", cmd.Step, "attempt", cmd.Attempt, "error", err)
 		return false
 	}
 	return true

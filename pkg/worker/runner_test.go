@@ -323,7 +323,7 @@ func TestCancelSignalStopsStep(t *testing.T) {
 	})
 	f.send("j1", "push", 1, time.Minute)
 	<-started
-	if err := bus.SignalCancel(f.nc, "j1"); err != nil {
+	if err := bus.SignalCancel(context.Background(), f.nc, "j1"); err != nil {
 		t.Fatal(err)
 	}
 	evs := f.events("j1", 1, 5*time.Second)

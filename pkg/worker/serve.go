@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/bus"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,17 +50,29 @@ func Serve(ctx context.Context, service contracts.Service, ops []Op, cfg ServeCo
 	if err != nil {
 		return fmt.Errorf("%s: %w", service, err)
 	}
+	names := make([]contracts.Op, len(ops))
+	for i, op := range ops {
+		names[i] = op.Name
+	}
+	em := NewEndpointMetrics(deps.Registerer)
+	em.Init(names...)
+	rm := NewRunnerMetrics(deps.Registerer)
+	rm.Init(names...)
+	if err := bus.RegisterConsumerMetrics(deps.Registerer, js,
+		bus.ConsumerRef{Stream: contracts.StreamCommands, Consumer: contracts.ConsumerName(service)}); err != nil {
+		return fmt.Errorf("%s: registering consumer metrics: %w", service, err)
+	}
 	runner := &Runner{
 		NC:      deps.NC,
 		JS:      js,
 		Service: service,
 		Handler: NewHandler(service, ops,
-			Logging(), Instrumenting(NewEndpointMetrics(deps.Registerer))),
+			Logging(), Instrumenting(em)),
 		Log:             deps.Logger,
 		Concurrency:     cfg.Concurrency,
 		DrainTimeout:    cfg.DrainTimeout,
 		InProgressEvery: cfg.InProgressEvery,
-		Metrics:         NewRunnerMetrics(deps.Registerer),
+		Metrics:         rm,
 	}
 	return runner.Run(ctx)
 }

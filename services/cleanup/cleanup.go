@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
@@ -38,6 +39,9 @@ type Config struct {
 	DialTimeout time.Duration
 	// SweepEvery is how often orphaned staging is swept (default 10 min; also at start).
 	SweepEvery time.Duration
+	// UsageEvery is how often the bytes in staging are measured (default 30 s; also at
+	// every sweep). The filesystem's size and free space are read at every scrape.
+	UsageEvery time.Duration
 	// Concurrency is how many steps run at once (default: the runner's, 8).
 	Concurrency int
 	// DrainTimeout bounds how long shutdown waits for steps in flight (default 30 s).
@@ -56,6 +60,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SweepEvery <= 0 {
 		c.SweepEvery = 10 * time.Minute
+	}
+	if c.UsageEvery <= 0 {
+		c.UsageEvery = 30 * time.Second
 	}
 	return c
 }
@@ -108,7 +115,14 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return err
 	}
 	sweeper := &service.Sweeper{Staging: st, Jobs: jobs, Log: log}
-	m := newMetrics(reg)
+	m := newMetrics(reg, st)
+	measure := func() {
+		if used, err := st.Usage(ctx); err == nil {
+			m.stagingBytes.Set(float64(used))
+		} else if ctx.Err() == nil {
+			log.Warn("measuring staging", "error", err)
+		}
+	}
 	go func() {
 		t := time.NewTicker(cfg.SweepEvery)
 		defer t.Stop()
@@ -118,13 +132,25 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 			if err != nil && ctx.Err() == nil {
 				log.Warn("sweeping orphaned staging", "error", err)
 			}
-			if used, err := st.Usage(ctx); err == nil {
-				m.stagingBytes.Set(float64(used))
-			}
+			measure()
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+			}
+		}
+	}()
+	// The bytes in staging are walked more often than the sweep runs (a walk stats
+	// every staged file: cheap, but not at every scrape).
+	go func() {
+		t := time.NewTicker(cfg.UsageEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				measure()
 			}
 		}
 	}()
@@ -137,7 +163,10 @@ type metrics struct {
 	stagingBytes prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics registers the staging metrics: ferry_staging_bytes (measured at each
+// sweep and every UsageEvery), ferry_staging_orphans_removed_total, and the size and
+// available bytes of the filesystem holding staging, read at scrape time.
+func newMetrics(reg prometheus.Registerer, st *staging.Dir) *metrics {
 	m := &metrics{
 		orphans: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ferry_staging_orphans_removed_total",
@@ -145,9 +174,29 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		stagingBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ferry_staging_bytes",
-			Help: "Bytes in the staging area, measured at each sweep.",
+			Help: "Bytes of the files in the staging area (measured every 30 s by default, and at each sweep).",
 		}),
 	}
-	reg.MustRegister(m.orphans, m.stagingBytes)
+	reg.MustRegister(m.orphans, m.stagingBytes,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ferry_staging_filesystem_size_bytes",
+			Help: "Size of the filesystem holding the staging area.",
+		}, func() float64 {
+			size, _, err := st.Filesystem()
+			if err != nil {
+				return math.NaN()
+			}
+			return float64(size)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ferry_staging_filesystem_avail_bytes",
+			Help: "Bytes available to ferry on the filesystem holding the staging area.",
+		}, func() float64 {
+			_, avail, err := st.Filesystem()
+			if err != nil {
+				return math.NaN()
+			}
+			return float64(avail)
+		}))
 	return m
 }

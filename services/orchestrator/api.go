@@ -66,6 +66,10 @@ func (a *api) submit(r micro.Request) {
 	}
 	m, _ := bus.Message(contracts.SubjectJobSubmit, nil, req.ID)
 	m.Data = r.Data()
+	// A caller that traces hands its trace to the job.
+	if tp := r.Headers().Get(contracts.HeaderTraceParent); tp != "" {
+		m.Header.Set(contracts.HeaderTraceParent, tp)
+	}
 	ack, err := a.e.js.PublishMsg(ctx, m, jetstream.WithMsgID(req.ID))
 	if err != nil {
 		respond(r, contracts.SubmitReply{Error: unavailable(err)})

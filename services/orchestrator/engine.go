@@ -33,7 +33,14 @@ type engine struct {
 
 	mu       sync.Mutex
 	timers   map[string]*time.Timer
-	inFlight map[string]contracts.Action
+	inFlight map[string]flight
+}
+
+// flight is what the engine remembers of a job in flight: its action, and the deadline
+// of its running step's attempt (zero when no step runs).
+type flight struct {
+	action   contracts.Action
+	deadline time.Time
 }
 
 func (e *engine) lane(job string) chan func(context.Context) {
@@ -86,9 +93,11 @@ func (e *engine) apply(ctx context.Context, id string, change func(*contracts.Jo
 // the dispatch grace timer (commands) or is harmless (events: watchers also read the
 // record; cancel signals: the step's deadline stops the work).
 func (e *engine) perform(ctx context.Context, j *contracts.Job, fx effects) {
-	log := e.log.With("job_id", j.ID)
+	tr := jobTrace(ctx, j)
+	ctx = bus.WithTrace(ctx, tr)
+	log := e.log.With("job_id", j.ID).With(tr.LogAttrs()...)
 	if fx.cancel {
-		if err := bus.SignalCancel(e.nc, j.ID); err != nil {
+		if err := bus.SignalCancel(ctx, e.nc, j.ID); err != nil {
 			log.Warn("signalling cancel", "error", err)
 		}
 	}
@@ -106,6 +115,7 @@ func (e *engine) perform(ctx context.Context, j *contracts.Job, fx effects) {
 		// without waiting for the stream's ack, which keeps them off the step's path.
 		m, err := bus.Message(contracts.JobEventSubject(ev.JobID), ev, ev.JobID)
 		if err == nil {
+			bus.SetTrace(m, tr)
 			_, err = e.js.PublishMsgAsync(m, jetstream.WithMsgID(fmt.Sprintf("%s/event/%d", ev.JobID, ev.Seq)))
 		}
 		if err != nil {
@@ -118,6 +128,20 @@ func (e *engine) perform(ctx context.Context, j *contracts.Job, fx effects) {
 		log.Log(ctx, lvl, "job event", "kind", ev.Kind, "step", ev.Step, "attempt", ev.Attempt, "state", j.State, "error", errText(ev.Error))
 	}
 	e.schedule(j)
+}
+
+// jobTrace is the span of the work on j that ctx runs: the job's trace id, and the
+// span of the message being handled (from ctx) or a new one (a timer fired).
+func jobTrace(ctx context.Context, j *contracts.Job) bus.Trace {
+	t, _ := bus.TraceFrom(ctx)
+	if t.SpanID == "" {
+		t.SpanID = bus.NewSpanID()
+	}
+	t.TraceID = j.TraceID
+	if t.TraceID == "" { // a record from before trace ids
+		t.TraceID = bus.TraceIDFor(j.ID)
+	}
+	return t
 }
 
 func errText(se *contracts.StepError) string {
@@ -153,7 +177,11 @@ func (e *engine) schedule(j *contracts.Job) {
 	if j.State.Final() {
 		delete(e.inFlight, j.ID)
 	} else {
-		e.inFlight[j.ID] = j.Action
+		f := flight{action: j.Action}
+		if i := j.Current(); i >= 0 && j.Steps[i].State == contracts.StepRunning {
+			f.deadline = j.Steps[i].Deadline
+		}
+		e.inFlight[j.ID] = f
 	}
 	if at.IsZero() {
 		return
@@ -168,8 +196,22 @@ func (e *engine) inFlightByAction() map[contracts.Action]int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	n := map[contracts.Action]int{}
-	for _, a := range e.inFlight {
-		n[a]++
+	for _, f := range e.inFlight {
+		n[f.action]++
+	}
+	return n
+}
+
+// pastDeadline counts, by action, the jobs whose running step is past its attempt's
+// deadline at now.
+func (e *engine) pastDeadline(now time.Time) map[contracts.Action]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := map[contracts.Action]int{}
+	for _, f := range e.inFlight {
+		if !f.deadline.IsZero() && now.After(f.deadline) {
+			n[f.action]++
+		}
 	}
 	return n
 }
@@ -220,29 +262,35 @@ func (e *engine) retryLater(id string) {
 func (e *engine) onSubmit(ctx context.Context, msg jetstream.Msg) {
 	now := time.Now().UTC()
 	req, err := contracts.DecodeJobRequest(msg.Data())
+	// The job's trace: the one the request came with (a helpdesk system that traces),
+	// else one derived from the job id.
+	tr := bus.TraceOf(msg.Headers(), req.ID)
+	ctx = bus.WithTrace(ctx, tr)
+	log := e.log.With("job_id", req.ID).With(tr.LogAttrs()...)
 	if err != nil {
 		var ve *contracts.ValidationError
 		errors.As(err, &ve)
 		e.metrics.rejected.Inc()
-		e.log.Warn("job request rejected", "job_id", req.ID, "error", err)
+		log.Warn("job request rejected", "error", err)
 		if contracts.ValidID(req.ID) {
-			e.reject(ctx, req, msg.Data(), ve, now)
+			e.reject(ctx, req, msg.Data(), ve, now, tr.TraceID)
 		}
 		_ = msg.Ack()
 		return
 	}
 	j, fx, err := e.machine.newJob(&req, json.RawMessage(msg.Data()), now)
 	if err != nil {
-		e.log.Error("building job", "job_id", req.ID, "error", err)
+		log.Error("building job", "error", err)
 		_ = msg.Term()
 		return
 	}
+	j.TraceID = tr.TraceID
 	if _, err := e.store.create(ctx, j); errors.Is(err, errJobExists) {
-		e.log.Info("duplicate submission ignored", "job_id", req.ID)
+		log.Info("duplicate submission ignored")
 		_ = msg.Ack()
 		return
 	} else if err != nil {
-		e.log.Error("storing job", "job_id", req.ID, "error", err)
+		log.Error("storing job", "error", err)
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
@@ -253,12 +301,12 @@ func (e *engine) onSubmit(ctx context.Context, msg jetstream.Msg) {
 
 // reject keeps a record of a rejected request under its id, so `ferry job get` and the
 // helpdesk see why, and announces it to watchers.
-func (e *engine) reject(ctx context.Context, req contracts.JobRequest, raw []byte, ve *contracts.ValidationError, now time.Time) {
+func (e *engine) reject(ctx context.Context, req contracts.JobRequest, raw []byte, ve *contracts.ValidationError, now time.Time, traceID string) {
 	if !json.Valid(raw) {
 		raw, _ = json.Marshal(string(raw))
 	}
 	j := &contracts.Job{Schema: contracts.SchemaJob, ID: req.ID, Action: req.Action, Request: raw,
-		State: contracts.JobRejected, Created: now, Updated: now, Finished: now,
+		State: contracts.JobRejected, Created: now, Updated: now, Finished: now, TraceID: traceID,
 		Failure: &contracts.JobFailure{Code: "invalid", Message: ve.Error()}}
 	var fx effects
 	e.machine.event(j, &fx, contracts.JobEvent{Kind: contracts.EventRejected, State: contracts.JobRejected, Rejection: ve}, now)
@@ -275,6 +323,7 @@ func (e *engine) onCancel(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	ctx = bus.WithTrace(ctx, bus.TraceOf(msg.Headers(), c.JobID))
 	err := e.apply(ctx, c.JobID, func(j *contracts.Job) (effects, error) {
 		fx, ok := e.machine.cancel(j, c.Reason, time.Now().UTC())
 		if !ok {
@@ -298,6 +347,8 @@ func (e *engine) onStepEvent(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	tr := bus.TraceOf(msg.Headers(), ev.JobID)
+	ctx = bus.WithTrace(ctx, tr)
 	err := e.apply(ctx, ev.JobID, func(j *contracts.Job) (effects, error) {
 		fx, ok := e.machine.onStepEvent(j, &ev, time.Now().UTC())
 		if !ok {
@@ -309,7 +360,7 @@ func (e *engine) onStepEvent(ctx context.Context, msg jetstream.Msg) {
 	case err == nil:
 		_ = msg.Ack()
 	case errors.Is(err, errNoChange):
-		e.log.Debug("stale or duplicate step event", "job_id", ev.JobID, "step", ev.Step, "attempt", ev.Attempt)
+		e.log.Debug("stale or duplicate step event", append([]any{"job_id", ev.JobID, "step", ev.Step, "attempt", ev.Attempt}, tr.LogAttrs()...)...)
 		_ = msg.Ack()
 	case errors.Is(err, errNoJob):
 		e.log.Warn("step event of an unknown job", "job_id", ev.JobID, "step", ev.Step)

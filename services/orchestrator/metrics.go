@@ -1,12 +1,24 @@
 package orchestrator
 
 import (
+	"time"
+
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// jobBuckets span jobs from a second to half a day.
+// jobBuckets span jobs from a fraction of a second to half a day.
 var jobBuckets = []float64{.05, .25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200}
+
+// stepBuckets span steps from a few milliseconds (a lease revoked, nothing to prune)
+// to hours (a transfer or dump may take up to its 6 h timeout, retries more).
+var stepBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 21600, 43200}
+
+// Outcomes of jobs and steps (label outcome) as the metrics count them.
+var (
+	jobOutcomes  = []contracts.JobState{contracts.JobSucceeded, contracts.JobFailed, contracts.JobCancelled}
+	stepOutcomes = []contracts.StepState{contracts.StepDone, contracts.StepFailedS, contracts.StepCancelled}
+)
 
 type metrics struct {
 	jobs       *prometheus.CounterVec
@@ -20,7 +32,7 @@ type metrics struct {
 	casRetries prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, wf Workflows) *metrics {
 	m := &metrics{
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_jobs_total", Help: "Jobs finished, by action and outcome (succeeded, failed, cancelled).",
@@ -34,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"action", "outcome"}),
 		stepDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "ferry_step_duration_seconds", Help: "Time from a step's first dispatch to its end, retries included.",
-			Buckets: jobBuckets,
+			Buckets: stepBuckets,
 		}, []string{"action", "step", "outcome"}),
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_steps_total", Help: "Steps ended, by action, step and outcome (the step names its service and op).",
@@ -53,10 +65,47 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	reg.MustRegister(m.jobs, m.rejected, m.duration, m.stepDur, m.steps, m.retries, m.timeouts, m.inFlight, m.casRetries)
+	// Every counter a dashboard or an alert reads starts at zero for every action and
+	// step of the workflows: a rate then sees the first failure, and a panel shows
+	// the steps that never failed.
 	for _, a := range contracts.Actions {
 		m.inFlight.WithLabelValues(string(a))
+		for _, o := range jobOutcomes {
+			m.jobs.WithLabelValues(string(a), string(o))
+		}
+		for _, d := range wf[a].Steps {
+			m.retries.WithLabelValues(string(a), d.Name)
+			m.timeouts.WithLabelValues(string(a), d.Name)
+			for _, o := range stepOutcomes {
+				m.steps.WithLabelValues(string(a), d.Name, string(o))
+			}
+		}
 	}
 	return m
+}
+
+// registerPastDeadline registers ferry_steps_past_deadline{action}: steps running past
+// their attempt's deadline, counted at scrape time from the job records this replica
+// follows. The orchestrator times an attempt out at its deadline, so a step stays
+// there only when timing it out fails (the replica is stuck, the store refuses it).
+func registerPastDeadline(reg prometheus.Registerer, e *engine) {
+	reg.MustRegister(&pastDeadline{e: e, desc: prometheus.NewDesc("ferry_steps_past_deadline",
+		"Steps running past their attempt's deadline (the orchestrator should have timed them out), by action.",
+		[]string{"action"}, nil)})
+}
+
+type pastDeadline struct {
+	e    *engine
+	desc *prometheus.Desc
+}
+
+func (p *pastDeadline) Describe(ch chan<- *prometheus.Desc) { ch <- p.desc }
+
+func (p *pastDeadline) Collect(ch chan<- prometheus.Metric) {
+	n := p.e.pastDeadline(time.Now())
+	for _, a := range contracts.Actions {
+		ch <- prometheus.MustNewConstMetric(p.desc, prometheus.GaugeValue, float64(n[a]), string(a))
+	}
 }
 
 // observe records what a stored transition did.

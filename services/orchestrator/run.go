@@ -55,10 +55,16 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		grace = 30 * time.Second
 	}
 	e := &engine{
-		nc: deps.NC, js: js, store: &store{kv: kv}, log: log, metrics: newMetrics(reg),
+		nc: deps.NC, js: js, store: &store{kv: kv}, log: log, metrics: newMetrics(reg, wf),
 		machine:  &machine{workflows: wf, cancelGrace: grace, dispatchGrace: 5 * time.Second},
 		timers:   map[string]*time.Timer{},
-		inFlight: map[string]contracts.Action{},
+		inFlight: map[string]flight{},
+	}
+	registerPastDeadline(reg, e)
+	if err := bus.RegisterConsumerMetrics(reg, js,
+		bus.ConsumerRef{Stream: contracts.StreamJobs, Consumer: contracts.ConsumerOrchestratorJobs},
+		bus.ConsumerRef{Stream: contracts.StreamEvents, Consumer: contracts.ConsumerOrchestratorEvents}); err != nil {
+		return fmt.Errorf("registering consumer metrics: %w", err)
 	}
 	for range lanes {
 		e.lanes = append(e.lanes, make(chan func(context.Context), 256))
