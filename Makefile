@@ -16,7 +16,10 @@
 #                     then ferry/{orchestrator,connector,transfer,archiver,cleanup,nats,
 #                     operator-pc,customer,prometheus}:$(IMAGE_TAG); `make images-smoke` checks them
 #   make e2e          images, then the compose stack with its e2e targets: the three actions
-#                     through the CLI from this machine, results checked on the targets
+#                     through the CLI from this machine, results checked on the targets; then
+#                     every dashboard panel's and alert rule's PromQL against its Prometheus
+#   make observability  promtool check/test of the alert rules, dashboards' PromQL parsed
+#                     (part of make test; needs promtool: scripts/test-deps.sh)
 #   make chaos        images, then the stack under faults: each service killed mid-step per
 #                     action, the customer's network cut, the whole stack restarted, a NATS
 #                     node of three killed during 50 jobs
@@ -82,7 +85,10 @@ bench: test-deps
 schemas:
 	cd contracts && go test -run Schemas -update .
 
-.PHONY: natsconf certs e2e chaos bench-stack up down
+observability: test-deps
+	cd deployments/e2e && FERRY_TEST_REQUIRE=1 go test -count=1 -v -run TestObservabilityFiles .
+
+.PHONY: natsconf certs e2e chaos bench-stack up down observability
 
 natsconf:
 	cd pkg && go test -run FilesUpToDate ./bus/natsconf -update
@@ -147,7 +153,7 @@ images-smoke:
 E2E_TEST := cd deployments/e2e && go test -tags e2e -count=1 -v -timeout 60m
 
 e2e: images
-	$(E2E_TEST) -run 'TestActions' .
+	$(E2E_TEST) -run 'TestActions|TestObservability' .
 
 chaos: images
 	$(E2E_TEST) -run 'TestChaos' .
