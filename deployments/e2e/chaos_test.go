@@ -174,31 +174,11 @@ func waitStep(t testing.TB, id, svc, name string) string {
 // The customer's network is cut during a push and restored 20 s later: the push
 // resumes and the job succeeds; the final name never holds a partial file.
 func TestChaosNetworkCut(t *testing.T) {
-	if err := chaosData(); err != nil {
-		t.Fatal(err)
-	}
 	a := actions[0]
-	id := fmt.Sprintf("chaos-netcut-%d", time.Now().UnixNano())
-	if _, err := st.cli(context.Background(), "helpdesk", a.submit(id)...); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		j := st.job(t, id)
-		if s := stepNamed(j, "push"); s.State == contracts.StepRunning {
-			break
-		}
-		if j.State.Final() {
-			t.Fatalf("job ended (%s) before its push", j.State)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	network := project + "_customer-site"
-	customer := st.container(t, "customer")
-	docker(t, "network", "disconnect", network, customer)
-	t.Log("customer disconnected during the push")
+	id, reconnect := cutDuringPush(t, "chaos-netcut")
 	stop := watchFinal(t, "customer", "/opt/app/releases/update-"+id+".tar.zst")
 	time.Sleep(20 * time.Second)
-	docker(t, "network", "connect", "--alias", "customer", network, customer)
+	reconnect()
 	j := st.waitJob(t, id, 5*time.Minute)
 	if bad := stop(); bad != "" {
 		t.Fatal(bad)
@@ -216,6 +196,34 @@ func TestChaosNetworkCut(t *testing.T) {
 	}
 	checkDelivery(t, a, j)
 	st.nothingLeft(t)
+}
+
+// cutDuringPush submits an update of the chaos data, waits until its push runs and
+// disconnects the customer from its network; reconnect undoes it.
+func cutDuringPush(t testing.TB, prefix string) (id string, reconnect func()) {
+	t.Helper()
+	if err := chaosData(); err != nil {
+		t.Fatal(err)
+	}
+	id = fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano())
+	if _, err := st.cli(context.Background(), "helpdesk", actions[0].submit(id)...); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		j := st.job(t, id)
+		if s := stepNamed(j, "push"); s.State == contracts.StepRunning {
+			break
+		}
+		if j.State.Final() {
+			t.Fatalf("job ended (%s) before its push", j.State)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	network := project + "_customer-site"
+	customer := st.container(t, "customer")
+	docker(t, "network", "disconnect", network, customer)
+	t.Log("customer disconnected during the push")
+	return id, func() { docker(t, "network", "connect", "--alias", "customer", network, customer) }
 }
 
 // watchFinal samples the size of a file on a target until stop is called and reports
@@ -304,29 +312,10 @@ func TestChaosStackRestart(t *testing.T) {
 // name never appears, and the job's temporary file is gone from the customer once the
 // job ended.
 func TestChaosLongOutage(t *testing.T) {
-	if err := chaosData(); err != nil {
-		t.Fatal(err)
-	}
 	a := actions[0]
-	id := fmt.Sprintf("chaos-outage-%d", time.Now().UnixNano())
-	if _, err := st.cli(context.Background(), "helpdesk", a.submit(id)...); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		j := st.job(t, id)
-		if s := stepNamed(j, "push"); s.State == contracts.StepRunning {
-			break
-		}
-		if j.State.Final() {
-			t.Fatalf("job ended (%s) before its push", j.State)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	network := project + "_customer-site"
-	customer := st.container(t, "customer")
-	docker(t, "network", "disconnect", network, customer)
+	id, reconnect := cutDuringPush(t, "chaos-outage")
 	j := st.waitJob(t, id, 15*time.Minute)
-	docker(t, "network", "connect", "--alias", "customer", network, customer)
+	reconnect()
 	if j.State != contracts.JobFailed || j.Failure == nil || j.Failure.Step != "push" {
 		t.Fatalf("after an outage longer than the retries: %s: %+v, want failed at push", j.State, j.Failure)
 	}
