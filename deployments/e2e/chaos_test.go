@@ -151,10 +151,7 @@ func waitStep(t testing.TB, id, svc, name string) string {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
-		out, err := st.cli(context.Background(), "admin", "job", "get", id, "-o", "json")
-		if err == nil {
-			var j contracts.Job
-			mustJSON(t, out, &j)
+		if j, err := st.readJob(id); err == nil {
 			if j.State.Final() {
 				t.Fatalf("job %s ended (%s) before a step of %s ran", id, j.State, svc)
 			}

@@ -372,15 +372,22 @@ func (s *stack) cli(ctx context.Context, user string, args ...string) (string, e
 // job reads a job record with the CLI.
 func (s *stack) job(t testing.TB, id string) contracts.Job {
 	t.Helper()
-	out, err := s.cli(context.Background(), "admin", "job", "get", id, "-o", "json")
+	j, err := s.readJob(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var j contracts.Job
-	if err := json.Unmarshal([]byte(out), &j); err != nil {
-		t.Fatalf("job get %s: %v\n%s", id, err, out)
-	}
 	return j
+}
+
+func (s *stack) readJob(id string) (contracts.Job, error) {
+	var j contracts.Job
+	out, err := s.cli(context.Background(), "admin", "job", "get", id, "-o", "json")
+	if err == nil {
+		if err = json.Unmarshal([]byte(out), &j); err != nil {
+			err = fmt.Errorf("job get %s: %v\n%s", id, err, out)
+		}
+	}
+	return j, err
 }
 
 // waitJob polls a job until it ends or timeout passes.
@@ -388,15 +395,12 @@ func (s *stack) waitJob(t testing.TB, id string, timeout time.Duration) contract
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		out, err := s.cli(context.Background(), "admin", "job", "get", id, "-o", "json")
-		if err == nil {
-			var j contracts.Job
-			if json.Unmarshal([]byte(out), &j) == nil && j.State.Final() {
-				return j
-			}
+		j, err := s.readJob(id)
+		if err == nil && j.State.Final() {
+			return j
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("job %s did not end within %s (last: %s %v)", id, timeout, out, err)
+			t.Fatalf("job %s did not end within %s (last: %s, %v)", id, timeout, j.State, err)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}

@@ -184,7 +184,7 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		return err
 	}
 	final := filepath.FromSlash(f.rel)
-	if fi, err := root.Stat(final); err == nil && fi.Mode().IsRegular() && fi.Size() == f.size && fi.ModTime().Equal(f.mtime) {
+	if inPlace(root, f) {
 		prog.add(f.size) // pulled by an earlier attempt
 		return nil
 	}
@@ -249,6 +249,13 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		return fmt.Errorf("staging: %w", err)
 	}
 	return nil
+}
+
+// inPlace reports whether f was pulled by an earlier attempt: its place below root
+// holds a regular file of the listed size and modification time (set last).
+func inPlace(root *os.Root, f pullFile) bool {
+	fi, err := root.Stat(filepath.FromSlash(f.rel))
+	return err == nil && fi.Mode().IsRegular() && fi.Size() == f.size && fi.ModTime().Equal(f.mtime)
 }
 
 // localPrefixSHA256 hashes the first n bytes of a file below root.

@@ -68,7 +68,7 @@ func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, pro
 	want := map[string]pullFile{} // tar member name → file
 	var list bytes.Buffer
 	for _, f := range files {
-		if fi, err := root.Stat(filepath.FromSlash(f.rel)); err == nil && fi.Mode().IsRegular() && fi.Size() == f.size && fi.ModTime().Equal(f.mtime) {
+		if inPlace(root, f) {
 			prog.add(f.size)
 			continue
 		}
@@ -184,22 +184,16 @@ func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, pro
 	var exit interface{ ExitStatus() int }
 	// GNU tar exits 1 when a file changed while it was read: a growing log, captured
 	// up to its listed size above. Anything else is the host's tar failing.
-	if err != nil && !(errors.As(err, &exit) && exit.ExitStatus() == 1 && len(want) == 0) {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	if err != nil && !(errors.As(err, &exit) && exit.ExitStatus() == 1) {
+		if terr := c.tarErr(ctx, err); terr != err { // cancelled, or the connection ended
+			return terr
 		}
-		if cerr := connErr(c.ssh, err); cerr != nil {
-			return fmt.Errorf("tar stream: %w", cerr)
+		if len(want) == 0 {
+			return fmt.Errorf("tar on the host: %v: %s", err, stderr.String())
 		}
-		if len(want) > 0 {
-			for name, f := range want {
-				return fmt.Errorf("%s vanished while being pulled (tar said: %s): %w", f.remote, firstLine(stderr.String(), name), ErrNotFound)
-			}
-		}
-		return fmt.Errorf("tar on the host: %v: %s", err, stderr.String())
 	}
-	for _, f := range want {
-		return fmt.Errorf("%s vanished while being pulled: %w", f.remote, ErrNotFound)
+	for name, f := range want { // a file asked for that tar did not send
+		return fmt.Errorf("%s vanished while being pulled (tar said: %s): %w", f.remote, firstLine(stderr.String(), name), ErrNotFound)
 	}
 	ok = true
 	return nil

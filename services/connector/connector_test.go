@@ -369,7 +369,9 @@ func TestStoppedPeerIsDetected(t *testing.T) {
 	mustSucceed(t, f.step("job1", "connect", contracts.OpConnect, contracts.ConnectArgs{Host: "customer"}))
 
 	stopped := time.Now()
-	sshd.SignalConnections(syscall.SIGSTOP)
+	if n := sshd.SignalConnections(syscall.SIGSTOP); n == 0 {
+		t.Fatal("no sshd connection process to stop") // else the test proves nothing
+	}
 	if err := syscall.Kill(sshd.PID(), syscall.SIGSTOP); err != nil { // and the listener: no redial either
 		t.Fatal(err)
 	}

@@ -170,12 +170,7 @@ func (c *Connector) Tunnel(ctx context.Context, args contracts.TunnelArgs) (cont
 		return contracts.TunnelResult{}, session.Classify(err)
 	}
 	addr := c.advertise(t)
-	c.mu.Lock()
-	if c.tunnels[key] == nil {
-		c.tunnels[key] = map[string]*sshdial.Tunnel{}
-	}
-	c.tunnels[key][args.Remote] = t
-	c.mu.Unlock()
+	c.keep(key, args.Remote, t)
 	err = c.dialer.Leases.Update(ctx, job, args.Host, func(ls *contracts.Lease) {
 		ls.Tunnels = append(ls.Tunnels, contracts.Tunnel{Remote: args.Remote, Addr: addr})
 	})
@@ -221,18 +216,23 @@ func (c *Connector) RestoreTunnels(ctx context.Context) {
 				log.Warn("restoring tunnel: listening", "remote", tn.Remote, "addr", tn.Addr, "error", err)
 				continue
 			}
-			c.mu.Lock()
-			if c.tunnels[key] == nil {
-				c.tunnels[key] = map[string]*sshdial.Tunnel{}
-			}
-			c.tunnels[key][tn.Remote] = t
-			c.mu.Unlock()
+			c.keep(key, tn.Remote, t)
 			log.Info("tunnel restored after a restart", "remote", tn.Remote, "addr", tn.Addr)
 		}
 		if err := c.dialer.Leases.Update(ctx, ls.JobID, ls.Host, func(l *contracts.Lease) { l.Connector = c.cfg.Instance }); err != nil {
 			log.Warn("restoring tunnels: updating the lease", "error", err)
 		}
 	}
+}
+
+// keep records an open tunnel of the lease key to remote.
+func (c *Connector) keep(key, remote string, t *sshdial.Tunnel) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tunnels[key] == nil {
+		c.tunnels[key] = map[string]*sshdial.Tunnel{}
+	}
+	c.tunnels[key][remote] = t
 }
 
 func validPort(p string) bool {
