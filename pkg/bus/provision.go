@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -127,38 +128,67 @@ func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
 }
 
 // WaitConsumer binds to a durable consumer, waiting (until ctx ends) for the
-// provisioning owner to create it.
+// provisioning owner to create it and riding out a cluster that is electing a
+// leader or a connection that is being re-established.
 func WaitConsumer(ctx context.Context, js jetstream.JetStream, stream, name string) (jetstream.Consumer, error) {
+	what := fmt.Sprintf("consumer %s on %s", name, stream)
+	return waitBound(ctx, what, func(ctx context.Context) (jetstream.Consumer, error) {
+		return js.Consumer(ctx, stream, name)
+	}, jetstream.ErrConsumerNotFound, jetstream.ErrStreamNotFound)
+}
+
+// WaitKeyValue binds to a bucket, waiting for provisioning like WaitConsumer.
+func WaitKeyValue(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
+	return waitBound(ctx, "bucket "+bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.KeyValue(ctx, bucket)
+	}, jetstream.ErrBucketNotFound)
+}
+
+// bindAttempt bounds one lookup: a reply lost while the client reconnects, or a
+// request made while the cluster has no leader, must not use up the caller's whole
+// deadline (it did: a three-node test waited two minutes on one lost reply).
+const bindAttempt = 5 * time.Second
+
+// waitBound repeats lookup until it succeeds, ctx ends, or it fails in a way
+// waiting cannot mend (a permission error, a closed connection).
+func waitBound[T any](ctx context.Context, what string, lookup func(context.Context) (T, error), missing ...error) (T, error) {
 	for {
-		c, err := js.Consumer(ctx, stream, name)
+		attempt, cancel := context.WithTimeout(ctx, bindAttempt)
+		v, err := lookup(attempt)
+		cancel()
 		if err == nil {
-			return c, nil
+			return v, nil
 		}
-		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, fmt.Errorf("binding consumer %s on %s: %w", name, stream, err)
+		if !isMissing(err, missing) && !transient(err) {
+			return v, fmt.Errorf("binding %s: %w", what, err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("consumer %s on %s not provisioned: %w", name, stream, ctx.Err())
+			return v, fmt.Errorf("%s not provisioned: %w (last answer: %v)", what, ctx.Err(), err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
 
-// WaitKeyValue binds to a bucket, waiting for provisioning like WaitConsumer.
-func WaitKeyValue(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
-	for {
-		kv, err := js.KeyValue(ctx, bucket)
-		if err == nil {
-			return kv, nil
-		}
-		if !errors.Is(err, jetstream.ErrBucketNotFound) {
-			return nil, fmt.Errorf("binding bucket %s: %w", bucket, err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("bucket %s not provisioned: %w", bucket, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
+func isMissing(err error, missing []error) bool {
+	for _, m := range missing {
+		if errors.Is(err, m) {
+			return true
 		}
 	}
+	return false
+}
+
+// transient reports errors that a later attempt can get past: no reply in time,
+// nobody answering yet, or JetStream saying it is momentarily unavailable (503,
+// as during a leader election).
+func transient(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return true
+	}
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.Code == 503 &&
+		api.ErrorCode != jetstream.JSErrCodeJetStreamNotEnabled &&
+		api.ErrorCode != jetstream.JSErrCodeJetStreamNotEnabledForAccount
 }
