@@ -92,7 +92,7 @@ func (a *app) defaultDataDir() (string, error) {
 // devService is one service run by `ferry dev`.
 type devService struct {
 	name contracts.Service
-	run  func(ctx context.Context, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) error
+	run  func(ctx context.Context, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger, ready func()) error
 }
 
 func (a *app) runDev(ctx context.Context, o devOptions) error {
@@ -146,31 +146,37 @@ func (a *app) runDev(ctx context.Context, o devOptions) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	telemetry.BuildInfo(reg)
-	httpSrv, err := telemetry.Listen(o.httpAddr, reg, telemetry.NATSHealth(healthNC), log)
-	if err != nil {
-		return err
-	}
 
 	services := []devService{
-		{contracts.ServiceOrchestrator, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger) error {
-			return orchestrator.Run(ctx, orchestrator.Config{Provision: true}, orchestrator.Deps{NC: nc, Registerer: r, Logger: l})
+		{contracts.ServiceOrchestrator, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger, ready func()) error {
+			return orchestrator.Run(ctx, orchestrator.Config{Provision: true}, orchestrator.Deps{NC: nc, Registerer: r, Logger: l, Ready: ready})
 		}},
-		{contracts.ServiceConnector, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger) error {
+		{contracts.ServiceConnector, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger, ready func()) error {
 			return connector.Run(ctx, connector.Config{SecretsDir: o.secretsDir, DrainTimeout: devDrainTimeout},
-				connector.Deps{NC: nc, Registerer: r, Logger: l})
+				connector.Deps{NC: nc, Registerer: r, Logger: l, Ready: ready})
 		}},
-		{contracts.ServiceTransfer, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger) error {
+		{contracts.ServiceTransfer, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger, ready func()) error {
 			return transfer.Run(ctx, transfer.Config{StagingDir: o.stagingDir, SecretsDir: o.secretsDir, DrainTimeout: devDrainTimeout},
-				transfer.Deps{NC: nc, Registerer: r, Logger: l})
+				transfer.Deps{NC: nc, Registerer: r, Logger: l, Ready: ready})
 		}},
-		{contracts.ServiceArchiver, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger) error {
+		{contracts.ServiceArchiver, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger, ready func()) error {
 			return archiver.Run(ctx, archiver.Config{StagingDir: o.stagingDir, SecretsDir: o.secretsDir, DrainTimeout: devDrainTimeout},
-				archiver.Deps{NC: nc, Registerer: r, Logger: l})
+				archiver.Deps{NC: nc, Registerer: r, Logger: l, Ready: ready})
 		}},
-		{contracts.ServiceCleanup, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger) error {
+		{contracts.ServiceCleanup, func(ctx context.Context, nc *nats.Conn, r prometheus.Registerer, l *slog.Logger, ready func()) error {
 			return cleanup.Run(ctx, cleanup.Config{StagingDir: o.stagingDir, SecretsDir: o.secretsDir, DrainTimeout: devDrainTimeout},
-				cleanup.Deps{NC: nc, Registerer: r, Logger: l})
+				cleanup.Deps{NC: nc, Registerer: r, Logger: l, Ready: ready})
 		}},
+	}
+
+	names := make([]string, len(services))
+	for i, s := range services {
+		names[i] = string(s.name)
+	}
+	readiness := telemetry.NewReadiness(names...)
+	httpSrv, err := telemetry.Listen(o.httpAddr, reg, readiness.Check(telemetry.NATSHealth(healthNC)), log)
+	if err != nil {
+		return err
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -210,7 +216,7 @@ func (a *app) runDev(ctx context.Context, o devOptions) error {
 			// service runs in its own process, so the workers' identical metric names
 			// do not collide in the one registry.
 			r := prometheus.WrapRegistererWith(prometheus.Labels{"service": string(s.name)}, reg)
-			err := s.run(ctx, nc, r, l)
+			err := s.run(ctx, nc, r, l, readiness.Ready(string(s.name)))
 			switch {
 			case err != nil && !errors.Is(err, context.Canceled):
 				l.Error("service failed; stopping ferry dev", "error", err)

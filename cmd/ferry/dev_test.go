@@ -43,19 +43,22 @@ func TestDev(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("ferry dev did not start")
 	}
-	if code, body := httpGet(t, "http://"+at.http+"/healthz"); code != 200 {
-		t.Errorf("/healthz = %d %q", code, body)
-	}
-	env := map[string]string{"FERRY_NATS_URL": at.nats}
-	// The orchestrator provisions and serves its API shortly after start.
-	var r result
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if r = ferry(t, env, "job", "list", "--timeout", "2s"); r.code == 0 {
+	// /healthz says "starting" until every service takes work; once it says ok, the
+	// orchestrator's API answers at once.
+	var code int
+	var body string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if code, body = httpGet(t, "http://"+at.http+"/healthz"); code == 200 || !strings.HasPrefix(body, "starting: ") {
 			break
 		}
 	}
+	if code != 200 || body != "ok\n" {
+		t.Fatalf("/healthz = %d %q", code, body)
+	}
+	env := map[string]string{"FERRY_NATS_URL": at.nats}
+	r := ferry(t, env, "job", "list", "--timeout", "5s")
 	if r.code != 0 {
-		t.Fatalf("job list against ferry dev: exit %d: %s", r.code, r.stderr)
+		t.Fatalf("job list against ferry dev once healthy: exit %d: %s", r.code, r.stderr)
 	}
 	_, metrics := httpGet(t, "http://"+at.http+"/metrics")
 	for _, w := range []string{"ferry_build_info{", "go_goroutines"} {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
@@ -137,6 +138,9 @@ type Deps struct {
 	NC         *nats.Conn
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
+	// Ready is called by the service once it takes work; /healthz fails with
+	// "starting" until then.
+	Ready func()
 }
 
 // logOutput is where Run's logs go (tests replace it).
@@ -164,7 +168,8 @@ func Run(ctx context.Context, service contracts.Service, env Env, start func(con
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	telemetry.BuildInfo(reg)
-	srv, err := telemetry.Listen(env.HTTPAddr, reg, telemetry.NATSHealth(nc), log)
+	readiness := telemetry.NewReadiness(name)
+	srv, err := telemetry.Listen(env.HTTPAddr, reg, readiness.Check(telemetry.NATSHealth(nc)), log)
 	if err != nil {
 		return err
 	}
@@ -178,6 +183,10 @@ func Run(ctx context.Context, service contracts.Service, env Env, start func(con
 			NC:         nc,
 			Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"service": name}, reg),
 			Logger:     log,
+			Ready: sync.OnceFunc(func() {
+				readiness.Ready(name)()
+				log.Info("ready")
+			}),
 		})
 		cancel()
 	}()

@@ -131,3 +131,26 @@ func TestBuildInfo(t *testing.T) {
 		t.Errorf("BuildVersion ignores Version")
 	}
 }
+
+func TestReadiness(t *testing.T) {
+	r := NewReadiness("orchestrator", "transfer")
+	var natsErr error
+	health := r.Check(func(context.Context) error { return natsErr })
+	h := Handler(prometheus.NewRegistry(), health)
+	if code, body := get(t, h, "/healthz"); code != 503 || body != "starting: orchestrator, transfer not ready yet\n" {
+		t.Errorf("/healthz before any part is ready = %d %q", code, body)
+	}
+	r.Ready("transfer")()
+	r.Ready("transfer")() // a second call changes nothing
+	if code, body := get(t, h, "/healthz"); code != 503 || body != "starting: orchestrator not ready yet\n" {
+		t.Errorf("/healthz with the orchestrator pending = %d %q", code, body)
+	}
+	r.Ready("orchestrator")()
+	if code, body := get(t, h, "/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz once all are ready = %d %q", code, body)
+	}
+	natsErr = errors.New("nats: disconnected")
+	if code, body := get(t, h, "/healthz"); code != 503 || !strings.Contains(body, "nats: disconnected") {
+		t.Errorf("/healthz ready but disconnected = %d %q", code, body)
+	}
+}

@@ -64,6 +64,9 @@ type Runner struct {
 	Worker string
 	// Metrics, when set, counts redeliveries and terminations.
 	Metrics *RunnerMetrics
+	// Ready, when set, is called once the consumer is bound and cancel signals are
+	// heard: from then on the service takes work.
+	Ready func()
 
 	mu       sync.Mutex
 	inflight map[string]map[*inflightStep]struct{} // by job id
@@ -125,6 +128,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	slots := make(chan struct{}, r.Concurrency)
 	var wg sync.WaitGroup
 	r.Log.Info("worker started", "worker", r.Worker, "concurrency", r.Concurrency)
+	if r.Ready != nil {
+		r.Ready()
+	}
 
 	for ctx.Err() == nil {
 		free := r.Concurrency - len(slots)

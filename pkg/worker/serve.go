@@ -20,6 +20,8 @@ type Deps struct {
 	// several services share a registry. Nil keeps them unregistered.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
+	// Ready, when set, is called once the service takes work (its consumer bound).
+	Ready func()
 }
 
 // WithDefaults returns d with a discarding logger and a private registry where none
@@ -73,6 +75,7 @@ func Serve(ctx context.Context, service contracts.Service, ops []Op, cfg ServeCo
 		DrainTimeout:    cfg.DrainTimeout,
 		InProgressEvery: cfg.InProgressEvery,
 		Metrics:         rm,
+		Ready:           deps.Ready,
 	}
 	return runner.Run(ctx)
 }

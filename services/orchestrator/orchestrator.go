@@ -35,4 +35,7 @@ type Deps struct {
 	NC         *nats.Conn
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
+	// Ready, when set, is called once every job in flight is resumed and the API
+	// answers.
+	Ready func()
 }

@@ -111,6 +111,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("registering the API: %w", err)
 	}
 	log.Info("orchestrator started", "lanes", lanes)
+	if deps.Ready != nil {
+		// The API's subscriptions reach the server before anyone is told to use them.
+		if err := deps.NC.FlushTimeout(10 * time.Second); err != nil {
+			return fmt.Errorf("starting the API: %w", err)
+		}
+		deps.Ready()
+	}
 
 	select {
 	case <-ctx.Done():

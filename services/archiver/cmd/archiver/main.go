@@ -32,6 +32,6 @@ func run(ctx context.Context) error {
 	}
 	cfg := archiver.Config{StagingDir: env.StagingDir, SecretsDir: env.SecretsDir, Concurrency: env.Concurrency}
 	return svcenv.Run(ctx, contracts.ServiceArchiver, env, func(ctx context.Context, d svcenv.Deps) error {
-		return archiver.Run(ctx, cfg, archiver.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger})
+		return archiver.Run(ctx, cfg, archiver.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger, Ready: d.Ready})
 	})
 }

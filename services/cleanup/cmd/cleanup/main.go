@@ -37,6 +37,6 @@ func run(ctx context.Context) error {
 		cfg.KnownHostsFiles = strings.Split(v, ":")
 	}
 	return svcenv.Run(ctx, contracts.ServiceCleanup, env, func(ctx context.Context, d svcenv.Deps) error {
-		return cleanup.Run(ctx, cfg, cleanup.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger})
+		return cleanup.Run(ctx, cfg, cleanup.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger, Ready: d.Ready})
 	})
 }

@@ -47,6 +47,6 @@ func run(ctx context.Context) error {
 		}
 	}
 	return svcenv.Run(ctx, contracts.ServiceConnector, env, func(ctx context.Context, d svcenv.Deps) error {
-		return connector.Run(ctx, cfg, connector.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger})
+		return connector.Run(ctx, cfg, connector.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger, Ready: d.Ready})
 	})
 }

@@ -38,7 +38,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	return svcenv.Run(ctx, contracts.ServiceOrchestrator, env, func(ctx context.Context, d svcenv.Deps) error {
-		return orchestrator.Run(ctx, cfg, orchestrator.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger})
+		return orchestrator.Run(ctx, cfg, orchestrator.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger, Ready: d.Ready})
 	})
 }
 

@@ -67,6 +67,6 @@ func run(ctx context.Context) error {
 		return err
 	}
 	return svcenv.Run(ctx, contracts.ServiceTransfer, env, func(ctx context.Context, d svcenv.Deps) error {
-		return transfer.Run(ctx, cfg, transfer.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger})
+		return transfer.Run(ctx, cfg, transfer.Deps{NC: d.NC, Registerer: d.Registerer, Logger: d.Logger, Ready: d.Ready})
 	})
 }
