@@ -213,7 +213,11 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		return fmt.Errorf("staging: %w", err)
 	}
 	prog.add(offset)
-	if offset < f.size {
+	if offset < f.size && c.useLanes(f.size-offset) {
+		if err := c.pullLanes(ctx, f, out, offset, prog, sent); err != nil {
+			return err
+		}
+	} else if offset < f.size {
 		in, err := c.sftp.Open(f.remote)
 		if err != nil {
 			return c.pathErr("open", f.remote, err)

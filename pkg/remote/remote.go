@@ -28,6 +28,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
@@ -71,6 +72,11 @@ type Options struct {
 	// NoExec never runs commands on the host: copies stream through SFTP and
 	// verification reads files back.
 	NoExec bool
+	// Lanes is how many SFTP sessions of the connection a large file is pulled over
+	// at once on a long link (default 4; 1 never splits). See pullLanes.
+	Lanes int
+	// LanesFromRTT is the round trip from which lanes are used (default 3 ms).
+	LanesFromRTT time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -83,6 +89,12 @@ func (o Options) withDefaults() Options {
 	if o.FilesInFlight <= 0 {
 		o.FilesInFlight = DefaultFilesInFlight
 	}
+	if o.Lanes <= 0 {
+		o.Lanes = DefaultLanes
+	}
+	if o.LanesFromRTT <= 0 {
+		o.LanesFromRTT = DefaultLanesFromRTT
+	}
 	return o
 }
 
@@ -93,6 +105,11 @@ type Conn struct {
 	sftp *sftp.Client
 	opts Options
 	home string
+	rtt  time.Duration
+
+	sftpOpts  []sftp.ClientOption // for the sessions of lanes
+	lanesOnce sync.Once
+	lanes     []*sftp.Client
 
 	execOnce sync.Once
 	execOK   bool
@@ -125,11 +142,14 @@ func Open(c *sshdial.Client, opts Options) (*Conn, error) {
 		sc.Close()
 		return nil, wrapConn(c, "sftp realpath .", err)
 	}
-	return &Conn{ssh: c, sftp: sc, opts: opts, home: home}, nil
+	return &Conn{ssh: c, sftp: sc, opts: opts, home: home, rtt: measureRTT(sc, home), sftpOpts: sopts}, nil
 }
 
-// Close ends the SFTP session (not the SSH connection).
-func (c *Conn) Close() error { return c.sftp.Close() }
+// Close ends the SFTP sessions (not the SSH connection).
+func (c *Conn) Close() error {
+	c.closeLanes()
+	return c.sftp.Close()
+}
 
 // SFTP returns the SFTP client.
 func (c *Conn) SFTP() *sftp.Client { return c.sftp }

@@ -1,0 +1,165 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pkg/sftp"
+)
+
+// One SSH channel carries at most its window (2 MiB in golang.org/x/crypto/ssh and
+// in OpenSSH) per round trip: 200 MB/s at 10 ms, whatever the link could do. On a
+// link with that much latency Pull reads a large file over several SFTP sessions of
+// the same SSH connection at once (lanes: no second login, one lease), each lane a
+// window of its own. On a short link one session's concurrent reads are faster (no
+// pause between pieces), so lanes are used only from a measured round trip up.
+var (
+	laneMinSize int64 = 64 << 20 // smaller files keep one session
+	laneChunk   int64 = 4 << 20  // what one lane reads at a time (in flight per lane)
+
+	// testHookPiece, when set, runs before a lane reads piece i (tests fail one).
+	testHookPiece func(i int64) error
+)
+
+// Defaults of Options for lanes.
+const (
+	DefaultLanes        = 4
+	DefaultLanesFromRTT = 3 * time.Millisecond
+)
+
+// measureRTT times a few cheap SFTP round trips and keeps the shortest.
+func measureRTT(sc *sftp.Client, home string) time.Duration {
+	best := time.Duration(-1)
+	for range 3 {
+		start := time.Now()
+		if _, err := sc.Stat(home); err != nil {
+			return best
+		}
+		if d := time.Since(start); best < 0 || d < best {
+			best = d
+		}
+	}
+	return best
+}
+
+// RTT is the shortest SFTP round trip measured when the Conn opened.
+func (c *Conn) RTT() time.Duration { return c.rtt }
+
+// useLanes reports whether a file of n bytes is read over lanes.
+func (c *Conn) useLanes(n int64) bool {
+	return c.opts.Lanes > 1 && n >= laneMinSize && c.rtt >= c.opts.LanesFromRTT
+}
+
+// sessions returns the Conn's SFTP sessions for lanes, the first being its own,
+// opening the others on first use. Where the host refuses more sessions, fewer lanes
+// (possibly one) are used.
+func (c *Conn) sessions() []*sftp.Client {
+	c.lanesOnce.Do(func() {
+		c.lanes = []*sftp.Client{c.sftp}
+		for range c.opts.Lanes - 1 {
+			sc, err := sftp.NewClient(c.ssh.SSH(), c.sftpOpts...)
+			if err != nil {
+				break // e.g. MaxSessions reached: go on with what is open
+			}
+			c.lanes = append(c.lanes, sc)
+		}
+	})
+	return c.lanes
+}
+
+// closeLanes ends the extra sessions.
+func (c *Conn) closeLanes() {
+	c.lanesOnce.Do(func() {}) // no lanes opened from now on
+	for _, sc := range c.lanes[min(1, len(c.lanes)):] {
+		_ = sc.Close()
+	}
+}
+
+// pullLanes reads f from offset to its listed size into out in laneChunk pieces, every
+// lane taking the next piece as it finishes one, and writes each piece at its place.
+// When it fails, out is cut back to the prefix that arrived whole, so that a retry
+// resumes from there (pieces past a missing one are dropped: at most a few per lane).
+func (c *Conn) pullLanes(ctx context.Context, f pullFile, out *os.File, offset int64, prog *Progress, sent *atomic.Int64) error {
+	lanes := c.sessions()
+	pieces := (f.size - offset + laneChunk - 1) / laneChunk
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		next  atomic.Int64 // the next piece to read
+		mu    sync.Mutex
+		whole = make([]bool, pieces)
+		wg    sync.WaitGroup
+	)
+	for _, lane := range lanes[:min(int64(len(lanes)), pieces)] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.readPieces(ctx, lane, f, out, offset, pieces, &next, func(i int64, n int64) {
+				mu.Lock()
+				whole[i] = true
+				mu.Unlock()
+				prog.add(n)
+				sent.Add(n)
+			}); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	wg.Wait()
+	err := context.Cause(ctx)
+	if err == nil {
+		return nil
+	}
+	prefix := offset
+	for i := int64(0); i < pieces && whole[i]; i++ {
+		prefix = min(f.size, prefix+laneChunk)
+	}
+	if terr := out.Truncate(prefix); terr != nil {
+		return errors.Join(err, fmt.Errorf("staging: %w", terr))
+	}
+	return err
+}
+
+// readPieces is one lane of pullLanes: it reads pieces until none is left.
+func (c *Conn) readPieces(ctx context.Context, lane *sftp.Client, f pullFile, out *os.File, offset, pieces int64, next *atomic.Int64, done func(i, n int64)) error {
+	in, err := lane.Open(f.remote)
+	if err != nil {
+		return c.pathErr("open", f.remote, err)
+	}
+	defer in.Close()
+	buf := make([]byte, laneChunk)
+	for {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
+		i := next.Add(1) - 1
+		if i >= pieces {
+			return nil
+		}
+		if testHookPiece != nil {
+			if err := testHookPiece(i); err != nil {
+				return err
+			}
+		}
+		at := offset + i*laneChunk
+		n := min(laneChunk, f.size-at)
+		// pkg/sftp's ReadAt splits a large read into concurrent requests.
+		m, err := in.ReadAt(buf[:n], at)
+		if int64(m) < n {
+			if err == nil || errors.Is(err, io.EOF) {
+				return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, at+int64(m), f.size)
+			}
+			return c.pathErr("reading", f.remote, err)
+		}
+		if _, err := out.WriteAt(buf[:n], at); err != nil {
+			return fmt.Errorf("staging: %w", err)
+		}
+		done(i, n)
+	}
+}

@@ -1,0 +1,163 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferrydesk/ferry/pkg/sshtest"
+)
+
+// smallLanes makes lanes apply to files of a few MiB, in 1 MiB pieces, whatever the
+// round trip (loopback's is far below the default threshold).
+func smallLanes(t *testing.T) Options {
+	t.Helper()
+	size, chunk := laneMinSize, laneChunk
+	laneMinSize, laneChunk = 4<<20, 1<<20
+	t.Cleanup(func() { laneMinSize, laneChunk = size, chunk })
+	return Options{LanesFromRTT: time.Nanosecond}
+}
+
+// A large file on a long link is read over several SFTP sessions of the one
+// connection; what lands is the file, byte for byte.
+func TestPullLanes(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	opts := smallLanes(t)
+	src := filepath.Join(e.dir, "big.bin")
+	const size = 40<<20 + 12345 // not a whole number of pieces
+	write(t, src, size)
+	e.chown(e.dir)
+
+	c := e.open(opts)
+	roots, _ := c.Roots(nil)
+	into := t.TempDir()
+	res, err := c.Pull(context.Background(), roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, &Progress{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Bytes != size || res.Sent != size {
+		t.Errorf("pulled %d bytes, sent %d, want %d", res.Bytes, res.Sent, size)
+	}
+	if got, want := fileSHA(t, filepath.Join(into, "big.bin")), fileSHA(t, src); got != want {
+		t.Fatalf("pulled SHA-256 %s, want %s", got, want)
+	}
+	if n := len(c.sessions()); n != DefaultLanes {
+		t.Errorf("%d SFTP sessions used, want %d", n, DefaultLanes)
+	}
+
+	// A short link, or Lanes 1, keeps one session.
+	short := e.open(Options{})
+	if short.useLanes(size) {
+		t.Errorf("lanes on loopback (round trip %s)", short.RTT())
+	}
+	if one := e.open(Options{Lanes: 1, LanesFromRTT: time.Nanosecond}); one.useLanes(size) {
+		t.Error("lanes with Lanes 1")
+	}
+}
+
+// A pull over lanes cut at about half leaves its temporary file cut back to the
+// prefix that arrived whole; the retry resumes from there and lands the file whole.
+func TestPullLanesResumeAfterConnectionLoss(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	opts := smallLanes(t)
+	src := filepath.Join(e.dir, "big.bin")
+	const size = 64 << 20
+	write(t, src, size)
+	e.chown(e.dir)
+	into := t.TempDir()
+
+	client := e.dial()
+	c, err := Open(client, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, _ := c.Roots(nil)
+	prog := &Progress{}
+	go func() {
+		for prog.Done.Load() < size/2 {
+			time.Sleep(time.Millisecond)
+		}
+		client.Close()
+	}()
+	_, err = c.Pull(context.Background(), roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, prog)
+	if !errors.Is(err, ErrConnection) {
+		t.Fatalf("cut pull: %v, want ErrConnection", err)
+	}
+	part, err := os.Stat(filepath.Join(into, partName("big.bin")))
+	if err != nil {
+		t.Fatalf("no temporary file to resume: %v", err)
+	}
+	if part.Size()%laneChunk != 0 || part.Size() > prog.Done.Load() || part.Size() == 0 {
+		t.Errorf("temporary file of %d bytes after %d arrived: not cut back to whole pieces", part.Size(), prog.Done.Load())
+	}
+	if _, err := os.Stat(filepath.Join(into, "big.bin")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("final name exists after a cut pull")
+	}
+
+	c2 := e.open(opts)
+	roots2, _ := c2.Roots(nil)
+	res, err := c2.Pull(context.Background(), roots2, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("temporary file had %d, retry sent %d of %d", part.Size(), res.Sent, size)
+	if res.Sent != size-part.Size() {
+		t.Errorf("retry sent %d of %d bytes, want the %d missing", res.Sent, size, size-part.Size())
+	}
+	if got, want := fileSHA(t, filepath.Join(into, "big.bin")), fileSHA(t, src); got != want {
+		t.Fatalf("pulled SHA-256 %s, want %s", got, want)
+	}
+}
+
+
+// When a piece fails after later ones landed, the temporary file is cut back to the
+// pieces before it (the later ones leave a hole behind them), and the retry fetches
+// exactly the rest.
+func TestPullLanesCutsBackToWholePieces(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	opts := smallLanes(t)
+	src := filepath.Join(e.dir, "big.bin")
+	const size = 24 << 20
+	write(t, src, size)
+	e.chown(e.dir)
+	into := t.TempDir()
+
+	c := e.open(opts)
+	roots, _ := c.Roots(nil)
+	prog := &Progress{}
+	injected := errors.New("injected failure of piece 5")
+	testHookPiece = func(i int64) error {
+		if i != 5 {
+			return nil
+		}
+		for prog.Done.Load() < 8*laneChunk { // pieces 0-4 and three after the hole
+			time.Sleep(time.Millisecond)
+		}
+		return injected
+	}
+	t.Cleanup(func() { testHookPiece = nil })
+	if _, err := c.Pull(context.Background(), roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, prog); !errors.Is(err, injected) {
+		t.Fatalf("pull: %v, want the injected failure", err)
+	}
+	testHookPiece = nil
+	part, err := os.Stat(filepath.Join(into, partName("big.bin")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if part.Size() != 5*laneChunk {
+		t.Fatalf("temporary file of %d bytes, want the %d before the failed piece", part.Size(), 5*laneChunk)
+	}
+	res, err := c.Pull(context.Background(), roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != size-5*laneChunk {
+		t.Errorf("retry sent %d bytes, want %d", res.Sent, size-5*laneChunk)
+	}
+	if got, want := fileSHA(t, filepath.Join(into, "big.bin")), fileSHA(t, src); got != want {
+		t.Fatalf("pulled SHA-256 %s, want %s", got, want)
+	}
+}
