@@ -112,7 +112,6 @@ func TestPullLanesResumeAfterConnectionLoss(t *testing.T) {
 	}
 }
 
-
 // When a piece fails after later ones landed, the temporary file is cut back to the
 // pieces before it (the later ones leave a hole behind them), and the retry fetches
 // exactly the rest.
