@@ -181,9 +181,11 @@ func (d *Dumper) tool(configured string, names ...string) (string, error) {
 // it): pg_dump -Fc for PostgreSQL (written to the file itself, so the archive keeps
 // its data offsets for selective and parallel pg_restore), mariadb-dump/mysqldump
 // --single-transaction for MariaDB/MySQL. progress, if not nil, gets the file's size
-// every ProgressInterval. Dump returns nil only when the tool exited with status 0;
-// the file is then complete as far as the tool knows: Verify it before trusting it.
-// On failure the file holds garbage: remove it.
+// every ProgressInterval. Dump returns nil only when the tool exited with status 0 and
+// the dump reads back whole: a PostgreSQL dump is read by pg_restore while it is
+// written (see follow.go) and its final table of contents read again; a MariaDB/MySQL
+// dump must end with the tool's trailer (Verify checks a dump on its own the same
+// ways). On failure the file holds garbage: remove it.
 func (d *Dumper) Dump(ctx context.Context, t Target, path string, progress func(done int64)) error {
 	if err := t.Check(); err != nil {
 		return err
@@ -246,10 +248,26 @@ func (d *Dumper) Dump(ctx context.Context, t Target, path string, progress func(
 		args = append(args, t.Database)
 	}
 
+	var restore string
+	if t.Engine == Postgres {
+		if restore, err = d.tool(d.PgRestore, "pg_restore"); err != nil {
+			return err
+		}
+	}
+
 	stderr := &boundedBuffer{max: maxStderr}
 	cmd := command(ctx, bin, args, env, stderr)
 	if err := cmd.Start(); err != nil {
 		return &Error{Kind: ErrTool, Msg: fmt.Sprintf("starting %s: %v", bin, err)}
+	}
+	var follow *followVerify
+	if t.Engine == Postgres {
+		if follow, err = startFollowVerify(ctx, restore, path, priv); err != nil {
+			_ = cmd.Cancel()
+			_ = cmd.Wait()
+			return err
+		}
+		defer follow.stop()
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -274,7 +292,15 @@ func (d *Dumper) Dump(ctx context.Context, t Target, path string, progress func(
 			progress(fi.Size())
 		}
 	}
-	return nil
+	switch t.Engine {
+	case Postgres:
+		if err := follow.finish(ctx); err != nil {
+			return err
+		}
+		return checkTOC(ctx, restore, path, priv)
+	default:
+		return verifyTrailer(path)
+	}
 }
 
 // Verify reads the dump at path whole and fails with ErrIncomplete unless it is

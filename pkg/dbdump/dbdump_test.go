@@ -62,9 +62,16 @@ func read(t *testing.T, p string) string {
 // directory is gone afterwards.
 func TestSecretReachesToolOnlyThroughPrivateFile(t *testing.T) {
 	for _, engine := range []Engine{Postgres, MySQL} {
-		tool, rec := fakeTool(t, "exit 0")
+		// The stand-in dump ends with mysqldump's trailer; the stand-in pg_restore keeps
+		// what it was given to read while the dump was written.
+		tool, rec := fakeTool(t, `printf '\n-- Dump completed on 2026-01-01 10:00:00\n' >>"$out"; exit 0`)
+		restore := filepath.Join(t.TempDir(), "pg_restore")
+		script := "#!/bin/sh\ncase \"$*\" in *--list*) exit 0;; esac\ncat >" + rec + ".restored\n"
+		if err := os.WriteFile(restore, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		tmp := t.TempDir()
-		d := &Dumper{PgDump: tool, MySQLDump: tool, TempDir: tmp}
+		d := &Dumper{PgDump: tool, PgRestore: restore, MySQLDump: tool, TempDir: tmp}
 		out := filepath.Join(t.TempDir(), "out")
 		var progress []int64
 		err := d.Dump(context.Background(), Target{Engine: engine, Addr: "127.0.0.1:5432", Database: "app", User: "backup",
@@ -87,6 +94,9 @@ func TestSecretReachesToolOnlyThroughPrivateFile(t *testing.T) {
 		secret := read(t, rec+".secret")
 		switch engine {
 		case Postgres:
+			if got, want := read(t, rec+".restored"), read(t, out); got != want {
+				t.Errorf("pg_restore read %q while the dump was written, the dump is %q", got, want)
+			}
 			if want := "*:*:*:*:" + `canary-pw-41c9\:\\"#' x` + "\n"; secret != want {
 				t.Errorf("passfile %q, want %q", secret, want)
 			}
@@ -111,7 +121,7 @@ func TestSecretReachesToolOnlyThroughPrivateFile(t *testing.T) {
 				}
 			}
 		}
-		if len(progress) == 0 || progress[len(progress)-1] != int64(len("partial")) {
+		if fi, err := os.Stat(out); err != nil || len(progress) == 0 || progress[len(progress)-1] != fi.Size() {
 			t.Errorf("%s: progress %v", engine, progress)
 		}
 		if left, _ := os.ReadDir(tmp); len(left) != 0 {

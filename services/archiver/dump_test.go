@@ -319,6 +319,27 @@ func TestDumpPostgres(t *testing.T) {
 	list := exec.Command("pg_restore", "--list", truncated).Run()
 	t.Logf("pg_restore --list of the truncated dump: %v (nil: it does not notice)", list)
 
+	// Dump has pg_restore read the dump while it is written. A stand-in pg_dump that
+	// writes the real dump in two parts a moment apart passes (the reader waits for
+	// the rest); one that writes the truncated copy and exits 0 is caught.
+	standIn := func(script string) *dbdump.Dumper {
+		tool := filepath.Join(t.TempDir(), "pg_dump")
+		if err := os.WriteFile(tool, []byte("#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in --file=*) out=\"${a#--file=}\";; esac; done\n"+script+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return &dbdump.Dumper{PgDump: tool, TempDir: t.TempDir()}
+	}
+	half := len(b) / 2
+	slow := standIn(fmt.Sprintf(`head -c %d %s >"$out"; sleep 0.5; tail -c +%d %s >>"$out"`, half, path, half+1, path))
+	target := dbdump.Target{Engine: dbdump.Postgres, Addr: "127.0.0.1:5432", Database: "app"}
+	if err := slow.Dump(context.Background(), target, filepath.Join(t.TempDir(), "slow.dump"), nil); err != nil {
+		t.Errorf("a whole dump written in two parts: %v", err)
+	}
+	short := standIn(`cp ` + truncated + ` "$out"`)
+	if err := short.Dump(context.Background(), target, filepath.Join(t.TempDir(), "short.dump"), nil); !errors.Is(err, dbdump.ErrIncomplete) {
+		t.Errorf("a truncated dump from a tool that exited 0: %v, want ErrIncomplete", err)
+	}
+
 	assertNoCanary(t, "service log", e.logs.String())
 	if !strings.Contains(e.logs.String(), "database dumped") {
 		t.Error("the service logged no dump: the log check is vacuous")
