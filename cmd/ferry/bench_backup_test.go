@@ -365,7 +365,7 @@ func jobSteps(j *contracts.Job) string {
 	var steps []string
 	for _, s := range j.Steps {
 		if !s.Started.IsZero() && !s.Ended.IsZero() {
-			steps = append(steps, fmt.Sprintf("%s %s", s.Name, secs(s.Ended.Sub(s.Started))))
+			steps = append(steps, fmt.Sprintf("%s %s (%s in the worker)", s.Name, secs(s.Ended.Sub(s.Started)), secs(s.Elapsed)))
 		}
 	}
 	return strings.Join(steps, ", ")

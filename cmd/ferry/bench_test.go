@@ -339,7 +339,7 @@ func BenchmarkOpenSSHUpdate1GiB(b *testing.B) {
 			artifact = a.Name
 		}
 		if !s.Started.IsZero() && !s.Ended.IsZero() {
-			steps = append(steps, fmt.Sprintf("%s %s", s.Name, secs(s.Ended.Sub(s.Started))))
+			steps = append(steps, fmt.Sprintf("%s %s (%s in the worker)", s.Name, secs(s.Ended.Sub(s.Started)), secs(s.Elapsed)))
 		}
 	}
 	fi, err := os.Stat(filepath.Join(dest, artifact))
