@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -62,7 +64,7 @@ func (c *Conn) splitForTar(ctx context.Context, files []pullFile) (viaTar, viaSF
 // pullTar lands files below root from one `tar -c` run on the host. The stream is
 // not trusted: an entry must be a regular file that was asked for, and each lands at
 // most its listed size (a file growing meanwhile is captured up to it), tarLanders
-// files at a time (see landFile). A file already in place (same size and
+// files at a time (see lander). A file already in place (same size and
 // modification time, from an earlier attempt) is not asked for again.
 func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, prog *Progress, sent *atomic.Int64) error {
 	want := map[string]pullFile{} // tar member name → file
@@ -110,6 +112,8 @@ func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, pro
 		data []byte
 	}
 	jobs := make(chan job, tarLanders)
+	land := newLander(root)
+	defer land.close()
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
@@ -125,7 +129,7 @@ func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, pro
 				if lctx.Err() != nil {
 					continue
 				}
-				if err := landFile(root, j.f, j.data); err != nil {
+				if err := land.land(j.f, j.data); err != nil {
 					cancel(err)
 					continue
 				}
@@ -199,36 +203,96 @@ func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, pro
 	return nil
 }
 
-// landFile writes data to f's place below root, then its mode and, last, its
-// modification time. There is no temporary name: a file counts as pulled only when
-// its size and modification time are the listing's (see pullOne), which a file cut
-// short by a crash never has, and nothing reads staging before the pull step ended.
-// Creating, renaming and stamping thousands of small files cost more than their bytes.
-func landFile(root *os.Root, f pullFile, data []byte) error {
-	out, err := root.OpenFile(filepath.FromSlash(f.rel), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+// lander writes the files of a tar stream below root. Directories are opened once,
+// through root (so none leads outside it), and each file is created in its directory
+// with raw system calls: no runtime poller registration, no extra fcntl, O_NOFOLLOW on
+// the one name component. For thousands of small files these calls are the cost.
+type lander struct {
+	root  *os.Root
+	umask fs.FileMode
+
+	mu   sync.Mutex
+	dirs map[string]*os.File
+}
+
+func newLander(root *os.Root) *lander {
+	old := unix.Umask(0o022) // read the process umask (there is no other way) ...
+	unix.Umask(old)          // ... and put it back at once
+	return &lander{root: root, umask: fs.FileMode(old), dirs: map[string]*os.File{}}
+}
+
+// dir returns the open directory d (slash-separated, "." for root).
+func (l *lander) dir(d string) (*os.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f, ok := l.dirs[d]; ok {
+		return f, nil
+	}
+	f, err := l.root.Open(filepath.FromSlash(d))
+	if err != nil {
+		return nil, err
+	}
+	l.dirs[d] = f
+	return f, nil
+}
+
+// close closes the directories.
+func (l *lander) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for d, f := range l.dirs {
+		_ = f.Close()
+		delete(l.dirs, d)
+	}
+}
+
+// land writes data to f's place, then its mode (only where the umask took bits away)
+// and, last, its modification time. There is no temporary name: a file counts as
+// pulled only when its size and modification time are the listing's (see inPlace),
+// which a file cut short by a crash never has, and nothing reads staging before the
+// pull step ended. Creating, renaming and stamping thousands of small files cost more
+// than their bytes.
+func (l *lander) land(f pullFile, data []byte) error {
+	d, err := l.dir(path.Dir(f.rel))
 	if err != nil {
 		return fmt.Errorf("staging: %w", err)
 	}
-	_, err = out.Write(data)
-	if err == nil {
-		err = out.Chmod(f.mode | 0o600)
-	}
-	if err == nil {
-		err = futimes(out, f.mtime)
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("staging: %w", err)
+	perm := f.mode | 0o600
+	if err := landAt(int(d.Fd()), path.Base(f.rel), data, perm, perm&l.umask != 0, f.mtime); err != nil {
+		return fmt.Errorf("staging: %s: %w", f.rel, err)
 	}
 	return nil
 }
 
-// futimes sets the access and modification times of an open file.
-func futimes(f *os.File, t time.Time) error {
-	tv := unix.NsecToTimeval(t.UnixNano())
-	return unix.Futimes(int(f.Fd()), []unix.Timeval{tv, tv})
+// landAt creates name in the directory dirfd (never following a link there) with
+// data, mode perm (set again with fchmod when chmod) and modification time mtime.
+func landAt(dirfd int, name string, data []byte, perm fs.FileMode, chmod bool, mtime time.Time) (err error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC|unix.O_NOFOLLOW, uint32(perm))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := unix.Close(fd); err == nil {
+			err = cerr
+		}
+	}()
+	for len(data) > 0 {
+		n, err := unix.Write(fd, data)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return err
+		}
+		data = data[n:]
+	}
+	if chmod {
+		if err := unix.Fchmod(fd, uint32(perm)); err != nil {
+			return err
+		}
+	}
+	tv := unix.NsecToTimeval(mtime.UnixNano())
+	return unix.Futimes(fd, []unix.Timeval{tv, tv})
 }
 
 // tarErr makes err the caller's cancellation or a lost connection where it is one.

@@ -27,6 +27,7 @@ func TestPullManySmallFilesThroughTar(t *testing.T) {
 	write(t, filepath.Join(src, "-dash.txt"), 10)
 	write(t, filepath.Join(src, "big.bin"), 3<<20)
 	os.Chmod(filepath.Join(src, "d1", "f01.txt"), 0o640)
+	os.Chmod(filepath.Join(src, "d2", "f02.txt"), 0o775) // bits a 022 umask takes away at creation
 	e.chown(e.dir)
 	c := e.open(Options{})
 	roots, _ := c.Roots(nil)
@@ -69,6 +70,9 @@ func TestPullManySmallFilesThroughTar(t *testing.T) {
 	si, _ := os.Stat(filepath.Join(src, "d1", "f01.txt"))
 	if fi.Mode().Perm() != 0o640 || !fi.ModTime().Equal(si.ModTime().Truncate(time.Second)) {
 		t.Fatalf("mode %v mtime %v, want 0640 and %v", fi.Mode(), fi.ModTime(), si.ModTime())
+	}
+	if fi, _ := os.Stat(filepath.Join(into, "d2", "f02.txt")); fi.Mode().Perm() != 0o775 {
+		t.Fatalf("mode %v, want 0775", fi.Mode())
 	}
 	noParts(t, into)
 
