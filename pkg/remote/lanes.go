@@ -22,6 +22,9 @@ import (
 var (
 	laneMinSize int64 = 64 << 20 // smaller files keep one session
 	laneChunk   int64 = 4 << 20  // what one lane reads at a time (in flight per lane)
+	// laneAhead times the lanes is how many pieces a push may have in flight past the
+	// first one not yet acknowledged.
+	laneAhead = 2
 
 	// testHookPiece, when set, runs before a lane reads piece i (tests fail one).
 	testHookPiece func(i int64) error
@@ -152,14 +155,154 @@ func (c *Conn) readPieces(ctx context.Context, lane *sftp.Client, f pullFile, ou
 		// pkg/sftp's ReadAt splits a large read into concurrent requests.
 		m, err := in.ReadAt(buf[:n], at)
 		if int64(m) < n {
-			if err == nil || errors.Is(err, io.EOF) {
-				return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, at+int64(m), f.size)
+			if err != nil && !errors.Is(err, io.EOF) {
+				return c.pathErr("reading", f.remote, err)
 			}
-			return c.pathErr("reading", f.remote, err)
+			// Short at its end: the file shrank, or the session ended under the read
+			// (which a closing session can also report as the end of the file).
+			fi, serr := lane.Stat(f.remote)
+			if serr != nil {
+				return c.pathErr("reading", f.remote, serr)
+			}
+			if fi.Size() < at+n {
+				return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, fi.Size(), f.size)
+			}
+			return c.pathErr("reading", f.remote, io.ErrUnexpectedEOF)
 		}
 		if _, err := out.WriteAt(buf[:n], at); err != nil {
 			return fmt.Errorf("staging: %w", err)
 		}
 		done(i, n)
 	}
+}
+
+// sendLanes writes local from offset to size into the remote file part (opened as
+// out on the Conn's own session) in laneChunk pieces over every lane at once, each
+// lane with pkg/sftp's concurrent writes within its piece. The follower, if any, is
+// fed the prefix whose pieces are all acknowledged. It returns the bytes of the pieces
+// that landed; a failure leaves holes after the first missing piece, which the retry's
+// resumeOffset steps back over (see laneCandidates).
+func (c *Conn) sendLanes(ctx context.Context, out *sftp.File, part string, local *os.File, offset, size int64, fol *follower, prog *Progress, sent *atomic.Int64) (int64, error) {
+	lanes := c.sessions()
+	// Pieces lie on whole multiples of laneChunk in the file (the first may start
+	// later, at offset), whatever offset a resume began at: resumeOffset steps back
+	// over those boundaries.
+	first := offset / laneChunk
+	pieces := (size+laneChunk-1)/laneChunk - first
+	span := func(i int64) (at, n int64) {
+		at = max(offset, (first+i)*laneChunk)
+		return at, min(size, (first+i+1)*laneChunk) - at
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if fol != nil {
+		fol.feed(offset)
+	}
+	var (
+		next    atomic.Int64
+		landed  atomic.Int64
+		mu      sync.Mutex
+		moved   = sync.NewCond(&mu)
+		whole   = make([]bool, pieces)
+		prefix  int64 // pieces below it all landed
+		wg      sync.WaitGroup
+		feedErr error
+	)
+	// A lane does not run further ahead than laneAhead pieces past the first one
+	// missing, so that a cut leaves holes only there (see laneCandidates).
+	ahead := int64(laneAhead * len(lanes))
+	mayStart := func(i int64) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for i >= prefix+ahead && ctx.Err() == nil {
+			moved.Wait()
+		}
+		return ctx.Err() == nil
+	}
+	stop := context.AfterFunc(ctx, func() { mu.Lock(); moved.Broadcast(); mu.Unlock() })
+	defer stop()
+	pieceDone := func(i, n int64) {
+		landed.Add(n)
+		mu.Lock()
+		defer mu.Unlock()
+		whole[i] = true
+		for prefix < pieces && whole[prefix] {
+			prefix++
+		}
+		moved.Broadcast()
+		if fol != nil && feedErr == nil {
+			feedErr = fol.feed(max(offset, min(size, (first+prefix)*laneChunk)))
+		}
+	}
+	for k, lane := range lanes[:min(int64(len(lanes)), pieces)] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f := out
+			if k > 0 {
+				var err error
+				if f, err = lane.OpenFile(part, os.O_WRONLY); err != nil {
+					cancel(c.writeErr(part, err))
+					return
+				}
+				defer f.Close()
+			}
+			if err := c.writePieces(ctx, f, local, pieces, span, &next, mayStart, prog, sent, pieceDone); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	wg.Wait()
+	return landed.Load(), context.Cause(ctx)
+}
+
+// writePieces is one lane of sendLanes: it writes pieces until none is left.
+func (c *Conn) writePieces(ctx context.Context, f *sftp.File, local *os.File, pieces int64, span func(i int64) (at, n int64), next *atomic.Int64,
+	mayStart func(i int64) bool, prog *Progress, sent *atomic.Int64, done func(i, n int64)) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
+		i := next.Add(1) - 1
+		if i >= pieces {
+			return nil
+		}
+		if !mayStart(i) {
+			return context.Cause(ctx)
+		}
+		if testHookPiece != nil {
+			if err := testHookPiece(i); err != nil {
+				return err
+			}
+		}
+		at, n := span(i)
+		if _, err := f.Seek(at, io.SeekStart); err != nil {
+			return err
+		}
+		// sizedReader keeps ReadFrom's concurrent writes within the piece.
+		m, err := f.ReadFrom(&sizedReader{r: io.NewSectionReader(local, at, n), size: n, prog: prog, sent: sent})
+		if err != nil {
+			return err
+		}
+		if m < n {
+			return fmt.Errorf("%w: staged file shrank while being sent", ErrVerify)
+		}
+		done(i, n)
+	}
+}
+
+// laneCandidates are the lengths resumeOffset tries, after the file's size, when a
+// push over lanes may have been cut: the piece boundaries below it, back as far as
+// lanes may run ahead of a missing piece.
+func (c *Conn) laneCandidates(have, size int64) []int64 {
+	if !c.useLanes(size) {
+		return nil
+	}
+	var out []int64
+	for b, j := have/laneChunk*laneChunk, 0; b > 0 && j <= laneAhead*c.opts.Lanes; b, j = b-laneChunk, j+1 {
+		if b < have {
+			out = append(out, b)
+		}
+	}
+	return out
 }

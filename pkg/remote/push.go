@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -115,7 +116,12 @@ func (c *Conn) Put(ctx context.Context, u Upload, prog *Progress, sent *atomic.I
 			defer fol.close()
 		}
 	}
-	n, err := sendFrom(out, local, offset, u.Size, fol, prog, sent)
+	var n int64
+	if c.useLanes(u.Size - offset) {
+		n, err = c.sendLanes(ctx, out, part, local, offset, u.Size, fol, prog, sent)
+	} else {
+		n, err = sendFrom(out, local, offset, u.Size, fol, prog, sent)
+	}
 	if err != nil {
 		out.Close()
 		var pe *fs.PathError
@@ -270,6 +276,10 @@ func (c *Conn) resumeOffset(ctx context.Context, local *os.File, part string, si
 	if fi.Size() > window {
 		candidates = append(candidates, fi.Size()-window)
 	}
+	candidates = append(candidates, c.laneCandidates(fi.Size(), size)...)
+	slices.Sort(candidates)
+	slices.Reverse(candidates)
+	candidates = slices.Compact(candidates)
 	for _, n := range candidates {
 		h := sha256.New()
 		if _, err := local.Seek(0, io.SeekStart); err != nil {
