@@ -52,13 +52,15 @@ func (c *Client) watch() {
 	}
 	cause := c.cause
 	c.mu.Unlock()
-	close(c.done)
+	// Counted out before done is closed: whoever waited for the end (Close, Wait, Done)
+	// finds the session gauge already down.
 	c.hooks.sessions(-1)
 	if cause != nil {
 		c.log.Warn("ssh connection ended", "error", cause)
 	} else {
 		c.log.Debug("ssh connection closed")
 	}
+	close(c.done)
 }
 
 // keepalive sends keepalive@openssh.com every Interval, one at a time, and closes

@@ -304,10 +304,37 @@ func (s *Server) ConnectionPIDs() []int { return descendants(s.PID()) }
 // SignalConnections sends sig (e.g. SIGSTOP to simulate a hung peer) to every
 // per-connection process and returns how many it signalled. Cleanup kills them
 // whatever their state.
+//
+// A connection's processes fork while it runs: the privileged monitor starts the
+// user's child only after authentication, some time after the client saw it
+// succeed. One snapshot of the process tree can miss a child forked between the
+// snapshot and the signal, and once its parent is killed the orphan is no longer
+// below sshd at all. So the tree is first frozen with SIGSTOP, snapshot after
+// snapshot until no new process appears (a stopped process forks nothing more),
+// and only then sent sig.
 func (s *Server) SignalConnections(sig syscall.Signal) int {
-	pids := s.ConnectionPIDs()
-	for _, pid := range pids {
-		syscall.Kill(pid, sig)
+	var pids []int
+	stopped := map[int]bool{}
+	for {
+		n := len(pids)
+		for _, pid := range s.ConnectionPIDs() {
+			if !stopped[pid] {
+				stopped[pid] = true
+				pids = append(pids, pid)
+				syscall.Kill(pid, syscall.SIGSTOP)
+			}
+		}
+		if len(pids) == n {
+			break
+		}
+	}
+	if sig != syscall.SIGSTOP {
+		for _, pid := range pids {
+			syscall.Kill(pid, sig)
+		}
+		for _, pid := range pids { // a stopped process acts on sig once continued
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
 	}
 	return len(pids)
 }
