@@ -247,8 +247,13 @@ func TestRedeliveryAfterDeathBeforeAckRecordsOneCompletion(t *testing.T) {
 func TestLongStepIsNotRedelivered(t *testing.T) {
 	f := newFixture(t)
 	var calls atomic.Int32
+	started := make(chan struct{}, 1)
 	f.start(func(ctx context.Context, cmd contracts.StepCommand) (Result, error) {
 		calls.Add(1)
+		select {
+		case started <- struct{}{}:
+		default:
+		}
 		select {
 		case <-time.After(3 * time.Second): // three times AckWait
 		case <-ctx.Done():
@@ -256,11 +261,18 @@ func TestLongStepIsNotRedelivered(t *testing.T) {
 		}
 		return Result{}, nil
 	})
+	f.send("j1", "push", 1, time.Minute)
+	// The second replica comes up once the first holds the command: which of two idle
+	// replicas is handed a command first is up to the server.
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the step did not start")
+	}
 	f.start(func(ctx context.Context, cmd contracts.StepCommand) (Result, error) {
 		calls.Add(1)
 		return Result{}, errors.New("a second replica must not get the command")
 	})
-	f.send("j1", "push", 1, time.Minute)
 	evs := f.events("j1", 1, 10*time.Second)
 	if len(evs) != 1 || evs[0].Kind != contracts.StepSucceeded {
 		t.Fatalf("events = %+v", evs)

@@ -41,15 +41,19 @@ func Send(t testing.TB, js jetstream.JetStream, service contracts.Service, op co
 // and returns those stored, in order.
 func StepEvents(t testing.TB, js jetstream.JetStream, job string, n int, timeout time.Duration) []contracts.StepEvent {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, contracts.StreamEvents, jetstream.OrderedConsumerConfig{
+	// timeout bounds the wait for events, not the consumer's creation: on a busy
+	// machine that round trip alone can take longer than a short poll's timeout.
+	setup, cancelSetup := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelSetup()
+	cons, err := js.OrderedConsumer(setup, contracts.StreamEvents, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{contracts.StepEventSubject(job)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	it, err := cons.Messages()
 	if err != nil {
 		t.Fatal(err)
