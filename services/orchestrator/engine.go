@@ -74,6 +74,25 @@ func (e *engine) runLanes(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
+// finishLanes waits until every lane has run the work queued on it so far, or d passes.
+func (e *engine) finishLanes(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for _, l := range e.lanes {
+		done := make(chan struct{})
+		select {
+		case l <- func(context.Context) { close(done) }:
+		case <-t.C:
+			return
+		}
+		select {
+		case <-done:
+		case <-t.C:
+			return
+		}
+	}
+}
+
 // apply stores a change of a job and performs its effects.
 func (e *engine) apply(ctx context.Context, id string, change func(*contracts.Job) (effects, error)) error {
 	var before map[string]contracts.StepState

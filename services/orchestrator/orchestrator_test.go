@@ -217,7 +217,22 @@ func stepState(j *contracts.Job, name string) contracts.Step {
 	return contracts.Step{}
 }
 
-// jobEvents reads every stored job event of a job.
+// allJobEvents waits until every event the record j counts is stored, and returns the
+// stored events of the job. The orchestrator publishes job events without waiting for
+// the stream (the record is the truth), so they may land after the record is read.
+func (h *harness) allJobEvents(j *contracts.Job) []contracts.JobEvent {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs := h.jobEvents(j.ID)
+		if len(evs) >= j.Events || time.Now().After(deadline) {
+			return evs
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// jobEvents reads every job event of a job stored so far.
 func (h *harness) jobEvents(id string) []contracts.JobEvent {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -281,7 +296,10 @@ func TestUpdateJobRunsEveryStepInOrder(t *testing.T) {
 			t.Errorf("step %+v", s)
 		}
 	}
-	evs := h.jobEvents("job-ok")
+	evs := h.allJobEvents(j)
+	if len(evs) == 0 {
+		t.Fatal("no job events")
+	}
 	if evs[0].Kind != contracts.EventAccepted || evs[len(evs)-1].Kind != contracts.EventFinished || evs[len(evs)-1].State != contracts.JobSucceeded {
 		t.Fatalf("events: first %v, last %v", evs[0].Kind, evs[len(evs)-1].Kind)
 	}
@@ -356,7 +374,7 @@ func TestInvalidRequestIsRejectedNamingTheField(t *testing.T) {
 	if j.State != contracts.JobRejected || !strings.Contains(j.Failure.Message, `"update.to"`) {
 		t.Fatalf("record: %s %+v", j.State, j.Failure)
 	}
-	evs := h.jobEvents("job-bad")
+	evs := h.allJobEvents(j)
 	if len(evs) != 1 || evs[0].Kind != contracts.EventRejected || evs[0].Rejection.Fields[0].Field != "update.to" {
 		t.Fatalf("events %+v", evs)
 	}
@@ -603,7 +621,7 @@ func TestWorkerDeathBeforeAckIsRedelivered(t *testing.T) {
 		t.Fatalf("pull attempt %d, replacement ran it %d times", s.Attempt, h.count("job-death", "pull"))
 	}
 	completions := 0
-	for _, ev := range h.jobEvents("job-death") {
+	for _, ev := range h.allJobEvents(j) {
 		if ev.Kind == contracts.EventStepSucceeded && ev.Step == "pull" {
 			completions++
 		}
@@ -636,7 +654,7 @@ func TestTwoReplicasDoNotCorruptJobs(t *testing.T) {
 		}
 		// Replicas publish the events of the transitions they store, so two replicas
 		// may store neighbouring events out of order; none is lost or duplicated.
-		evs := h.jobEvents(id)
+		evs := h.allJobEvents(j)
 		seen := map[int]bool{}
 		for _, ev := range evs {
 			if seen[ev.Seq] {

@@ -73,8 +73,11 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	laneCtx, stopLanes := context.WithCancel(context.WithoutCancel(ctx))
 	var lanesWG sync.WaitGroup
 	e.runLanes(laneCtx, &lanesWG)
-	defer func() { stopLanes(); lanesWG.Wait() }()
 	defer e.stopTimers()
+	// On the way out the consumers stop first (deferred below), then the lanes finish
+	// the messages already handed to them: a message dropped here would sit
+	// unacknowledged until its AckWait, long after another replica could have taken it.
+	defer func() { e.finishLanes(shutdownGrace); stopLanes(); lanesWG.Wait() }()
 
 	// Resume first: every job in flight gets its timers before new messages arrive.
 	ready := make(chan struct{})
@@ -92,12 +95,12 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err != nil {
 		return err
 	}
-	defer jobs.Drain()
+	defer stopConsuming(jobs, shutdownGrace)
 	events, err := e.consume(laneCtx, contracts.StreamEvents, contracts.ConsumerOrchestratorEvents, e.routeStepEvents)
 	if err != nil {
 		return err
 	}
-	defer events.Drain()
+	defer stopConsuming(events, shutdownGrace)
 
 	svc, err := micro.AddService(deps.NC, micro.Config{
 		Name: contracts.APIServiceName, Version: "1.0.0",
@@ -128,4 +131,23 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}
 	log.Info("orchestrator stopping")
 	return nil
+}
+
+// shutdownGrace bounds each stage of the shutdown: the consumers' drain, then the
+// lanes' queued work.
+const shutdownGrace = 10 * time.Second
+
+// stopConsuming stops cc and waits until every message it received has been handed to
+// a lane (Drain alone returns at once, and a message delivered meanwhile would be lost),
+// or d passes.
+func stopConsuming(cc jetstream.ConsumeContext, d time.Duration) {
+	closed := cc.Closed()
+	cc.Drain()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-closed:
+	case <-t.C:
+		cc.Stop()
+	}
 }
