@@ -113,6 +113,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		LeaseTTL: cfg.LeaseTTL, TunnelListen: cfg.TunnelListen, TunnelAdvertise: cfg.TunnelAdvertise,
 		Instance: fmt.Sprintf("%s/%d", host, os.Getpid()),
 	}, dialer, log)
+	// Closed here, not only by endLife: a tunnel's own goroutine would close it some
+	// time after Run returned.
+	defer conn.CloseTunnels()
 
 	conn.RestoreTunnels(ctx)
 	go func() {

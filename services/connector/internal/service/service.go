@@ -311,6 +311,20 @@ func (c *Connector) drop(key string) {
 	c.dialer.Pool.Drop(key)
 }
 
+// CloseTunnels closes every tunnel held here and waits until they are closed. The
+// leases stay: a connector started again restores their tunnels.
+func (c *Connector) CloseTunnels() {
+	c.mu.Lock()
+	all := c.tunnels
+	c.tunnels = map[string]map[string]*sshdial.Tunnel{}
+	c.mu.Unlock()
+	for _, ts := range all {
+		for _, t := range ts {
+			_ = t.Close()
+		}
+	}
+}
+
 // Revoked is called with the key of every revoked lease.
 func (c *Connector) Revoked(key string) { c.drop(key) }
 
