@@ -56,7 +56,7 @@ var (
 // Defaults of Options.
 const (
 	DefaultMaxPacket       = 255 * 1024 // OpenSSH's sftp-server accepts 256 KiB messages
-	DefaultRequestsPerFile = 64
+	DefaultRequestsPerFile = 16
 	DefaultFilesInFlight   = 32
 )
 
@@ -65,7 +65,8 @@ type Options struct {
 	// MaxPacket is the SFTP data size per request against OpenSSH servers (default
 	// 255 KiB); other servers get pkg/sftp's checked 32 KiB.
 	MaxPacket int
-	// RequestsPerFile is how many SFTP requests one file keeps in flight (default 64).
+	// RequestsPerFile is how many SFTP requests one file keeps in flight (default 16:
+	// 4 MiB, twice what one channel's window lets travel at once; more only holds memory).
 	RequestsPerFile int
 	// FilesInFlight is how many files a tree transfer moves at once (default 32).
 	FilesInFlight int

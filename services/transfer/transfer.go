@@ -37,7 +37,7 @@ type Config struct {
 	DialTimeout time.Duration
 	// FilesInFlight is how many files a tree transfer moves at once (default 32).
 	FilesInFlight int
-	// RequestsPerFile is how many SFTP requests one file keeps in flight (default 64).
+	// RequestsPerFile is how many SFTP requests one file keeps in flight (default 16).
 	RequestsPerFile int
 	// MaxPacket is the SFTP payload per request against OpenSSH (default 255 KiB).
 	MaxPacket int
