@@ -51,12 +51,30 @@ func measureRTT(sc *sftp.Client, home string) time.Duration {
 	return best
 }
 
-// RTT is the shortest SFTP round trip measured when the Conn opened.
-func (c *Conn) RTT() time.Duration { return c.rtt }
+// RTT is the shortest SFTP round trip, measured the first time it is asked for.
+func (c *Conn) RTT() time.Duration { return c.rtt() }
 
-// useLanes reports whether a file of n bytes is read over lanes.
+// useLanes reports whether a file of n bytes is moved over lanes. The round trip is
+// measured only for a file large enough to need it.
 func (c *Conn) useLanes(n int64) bool {
-	return c.opts.Lanes > 1 && n >= laneMinSize && c.rtt >= c.opts.LanesFromRTT
+	return c.opts.Lanes > 1 && n >= laneMinSize && c.rtt() >= c.opts.LanesFromRTT
+}
+
+// nextPiece hands a lane the next of pieces; ok is false when none is left, err set
+// when ctx ended. testHookPiece runs on the piece handed out.
+func nextPiece(ctx context.Context, next *atomic.Int64, pieces int64) (i int64, ok bool, err error) {
+	if ctx.Err() != nil {
+		return 0, false, context.Cause(ctx)
+	}
+	if i = next.Add(1) - 1; i >= pieces {
+		return i, false, nil
+	}
+	if testHookPiece != nil {
+		if err := testHookPiece(i); err != nil {
+			return i, false, err
+		}
+	}
+	return i, true, nil
 }
 
 // sessions returns the Conn's SFTP sessions for lanes, the first being its own,
@@ -138,17 +156,9 @@ func (c *Conn) readPieces(ctx context.Context, lane *sftp.Client, f pullFile, ou
 	defer in.Close()
 	buf := make([]byte, laneChunk)
 	for {
-		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
-		}
-		i := next.Add(1) - 1
-		if i >= pieces {
-			return nil
-		}
-		if testHookPiece != nil {
-			if err := testHookPiece(i); err != nil {
-				return err
-			}
+		i, ok, err := nextPiece(ctx, next, pieces)
+		if !ok {
+			return err
 		}
 		at := offset + i*laneChunk
 		n := min(laneChunk, f.size-at)
@@ -260,20 +270,12 @@ func (c *Conn) sendLanes(ctx context.Context, out *sftp.File, part string, local
 func (c *Conn) writePieces(ctx context.Context, f *sftp.File, local *os.File, pieces int64, span func(i int64) (at, n int64), next *atomic.Int64,
 	mayStart func(i int64) bool, prog *Progress, sent *atomic.Int64, done func(i, n int64)) error {
 	for {
-		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
-		}
-		i := next.Add(1) - 1
-		if i >= pieces {
-			return nil
+		i, ok, err := nextPiece(ctx, next, pieces)
+		if !ok {
+			return err
 		}
 		if !mayStart(i) {
 			return context.Cause(ctx)
-		}
-		if testHookPiece != nil {
-			if err := testHookPiece(i); err != nil {
-				return err
-			}
 		}
 		at, n := span(i)
 		if _, err := f.Seek(at, io.SeekStart); err != nil {

@@ -106,7 +106,7 @@ type Conn struct {
 	sftp *sftp.Client
 	opts Options
 	home string
-	rtt  time.Duration
+	rtt  func() time.Duration // measured on first use (see useLanes)
 
 	sftpOpts  []sftp.ClientOption // for the sessions of lanes
 	lanesOnce sync.Once
@@ -143,7 +143,8 @@ func Open(c *sshdial.Client, opts Options) (*Conn, error) {
 		sc.Close()
 		return nil, wrapConn(c, "sftp realpath .", err)
 	}
-	return &Conn{ssh: c, sftp: sc, opts: opts, home: home, rtt: measureRTT(sc, home), sftpOpts: sopts}, nil
+	rtt := sync.OnceValue(func() time.Duration { return measureRTT(sc, home) })
+	return &Conn{ssh: c, sftp: sc, opts: opts, home: home, rtt: rtt, sftpOpts: sopts}, nil
 }
 
 // Close ends the SFTP sessions (not the SSH connection).
