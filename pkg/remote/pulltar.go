@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -216,9 +217,25 @@ type lander struct {
 }
 
 func newLander(root *os.Root) *lander {
-	old := unix.Umask(0o022) // read the process umask (there is no other way) ...
-	unix.Umask(old)          // ... and put it back at once
-	return &lander{root: root, umask: fs.FileMode(old), dirs: map[string]*os.File{}}
+	return &lander{root: root, umask: processUmask(), dirs: map[string]*os.File{}}
+}
+
+// processUmask is the process's file mode creation mask, read from /proc without
+// setting it: umask(2) would change it for every goroutine creating files meanwhile
+// (all services share one process in ferry dev). Where it cannot be read it is taken
+// as taking every bit, so that each file's mode is set explicitly. Read once a pull.
+func processUmask() fs.FileMode {
+	b, err := os.ReadFile("/proc/self/status")
+	if err == nil {
+		for line := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+				if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+					return fs.FileMode(m)
+				}
+			}
+		}
+	}
+	return 0o777
 }
 
 // dir returns the open directory d (slash-separated, "." for root).

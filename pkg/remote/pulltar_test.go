@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"path/filepath"
 	"strings"
@@ -148,4 +149,14 @@ func noParts(t *testing.T, dir string) {
 		}
 		return nil
 	})
+}
+
+// The umask is read without being set (umask(2) would change it for the whole
+// process while it is read).
+func TestProcessUmask(t *testing.T) {
+	old := unix.Umask(0o027)
+	defer unix.Umask(old)
+	if got := processUmask(); got != 0o027 {
+		t.Errorf("umask read as %#o, want 0027", got)
+	}
 }
