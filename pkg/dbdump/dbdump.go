@@ -314,22 +314,12 @@ func (d *Dumper) Verify(ctx context.Context, e Engine, path string) error {
 		if err != nil {
 			return err
 		}
-		stderr := &boundedBuffer{max: maxStderr}
 		priv, err := os.MkdirTemp(d.TempDir, "ferry-dbdump-")
 		if err != nil {
 			return &Error{Kind: ErrFailed, Msg: fmt.Sprintf("creating a private directory: %v", err)}
 		}
 		defer func() { _ = os.RemoveAll(priv) }()
-		cmd := command(ctx, bin, []string{"--file=/dev/null", "--exit-on-error", path}, baseEnv(priv), stderr)
-		err = cmd.Run()
-		if cerr := ctx.Err(); cerr != nil {
-			return fmt.Errorf("verifying the dump stopped: %w", cerr)
-		}
-		if err != nil {
-			return &Error{Kind: ErrIncomplete, Msg: fmt.Sprintf("the dump does not read back whole (pg_restore: %v): %s",
-				exitStatus(err), excerpt(stderr.String(), Password{}))}
-		}
-		return nil
+		return runRestore(ctx, bin, []string{"--file=/dev/null", "--exit-on-error", path}, priv, notWhole)
 	case MySQL:
 		return verifyTrailer(path)
 	}

@@ -98,8 +98,7 @@ func (v *followVerify) finish(ctx context.Context) error {
 		if ctx.Err() != nil || !errors.As(err, &ee) {
 			return fmt.Errorf("verifying the dump stopped: %w", errors.Join(ctx.Err(), err))
 		}
-		return &Error{Kind: ErrIncomplete, Msg: fmt.Sprintf("the dump does not read back whole (pg_restore: %v): %s",
-			exitStatus(err), excerpt(v.stderr.String(), Password{}))}
+		return incomplete(notWhole, err, v.stderr)
 	case <-ctx.Done():
 		return fmt.Errorf("verifying the dump stopped: %w", ctx.Err())
 	}
@@ -115,15 +114,27 @@ func (v *followVerify) stop() {
 
 // checkTOC reads the final table of contents of the dump at path.
 func checkTOC(ctx context.Context, bin, path, home string) error {
+	return runRestore(ctx, bin, []string{"--list", "--file=/dev/null", path}, home,
+		"the dump's table of contents does not read back")
+}
+
+// notWhole says a dump failed pg_restore's full read.
+const notWhole = "the dump does not read back whole"
+
+// runRestore runs pg_restore (bin) with args and HOME in a private directory; a
+// failure is ErrIncomplete, saying what did not read back.
+func runRestore(ctx context.Context, bin string, args []string, home, what string) error {
 	stderr := &boundedBuffer{max: maxStderr}
-	cmd := command(ctx, bin, []string{"--list", "--file=/dev/null", path}, baseEnv(home), stderr)
-	err := cmd.Run()
+	err := command(ctx, bin, args, baseEnv(home), stderr).Run()
 	if cerr := ctx.Err(); cerr != nil {
 		return fmt.Errorf("verifying the dump stopped: %w", cerr)
 	}
 	if err != nil {
-		return &Error{Kind: ErrIncomplete, Msg: fmt.Sprintf("the dump's table of contents does not read back (pg_restore --list: %v): %s",
-			exitStatus(err), excerpt(stderr.String(), Password{}))}
+		return incomplete(what, err, stderr)
 	}
 	return nil
+}
+
+func incomplete(what string, err error, stderr *boundedBuffer) error {
+	return &Error{Kind: ErrIncomplete, Msg: fmt.Sprintf("%s (pg_restore: %v): %s", what, exitStatus(err), excerpt(stderr.String(), Password{}))}
 }
