@@ -54,3 +54,45 @@ func TestWaitConsumerGivesUpWithTheReason(t *testing.T) {
 		t.Errorf("error %q, want it to start %q", got, want)
 	}
 }
+
+// TestPublishRidesOutAnOutage publishes while the server is away for longer than the
+// client library's own retries (two, 250 ms apart): the publish lands once it is
+// back, and a second publish with the same id is a duplicate, not a second message.
+func TestPublishRidesOutAnOutage(t *testing.T) {
+	srv := bustest.Start(t, bus.Topology{})
+	_, js := srv.Connect(t, "helpdesk")
+	srv.Shutdown()
+	srv.WaitForShutdown()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := bus.Message(contracts.SubjectJobSubmit, map[string]string{"schema": "x"}, "job-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := bus.PublishMsg(ctx, js, m, "job-1")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("publish ended while the server was down: %v", err)
+	case <-time.After(3 * time.Second):
+	}
+	srv.Restart(t)
+	if err := <-done; err != nil {
+		t.Fatalf("publish after the server came back: %v", err)
+	}
+	ack, err := bus.PublishMsg(ctx, js, m, "job-1")
+	if err != nil || !ack.Duplicate {
+		t.Fatalf("second publish with the same id: %+v %v, want a duplicate", ack, err)
+	}
+	st, err := js.Stream(ctx, contracts.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := st.CachedInfo().State.Msgs; n != 1 {
+		t.Errorf("%d messages stored, want 1", n)
+	}
+}

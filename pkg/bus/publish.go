@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/nats-io/nats.go"
@@ -35,10 +36,35 @@ func Publish(ctx context.Context, js jetstream.JetStream, subject string, v any,
 	if t, ok := TraceFrom(ctx); ok {
 		SetTrace(m, t)
 	}
-	if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID)); err != nil {
+	if _, err := PublishMsg(ctx, js, m, msgID); err != nil {
 		return fmt.Errorf("publishing %s (%s): %w", subject, msgID, err)
 	}
 	return nil
+}
+
+// publishAttempt bounds one publish: a reply lost while a stream elects a leader must
+// not use up the caller's deadline.
+const publishAttempt = 2 * time.Second
+
+// PublishMsg stores m on its stream with Nats-Msg-Id msgID and returns the ack. It
+// rides out a stream that is briefly without a leader (a node died, an election runs:
+// "no response from stream", 503, a lost reply) by trying again until ctx ends; the
+// message id makes every retry land once. The client library retries only twice,
+// 250 ms apart, which an election outlasts.
+func PublishMsg(ctx context.Context, js jetstream.JetStream, m *nats.Msg, msgID string) (*jetstream.PubAck, error) {
+	for {
+		attempt, cancel := context.WithTimeout(ctx, publishAttempt)
+		ack, err := js.PublishMsg(attempt, m, jetstream.WithMsgID(msgID))
+		cancel()
+		if err == nil || !transient(err) || ctx.Err() != nil {
+			return ack, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // SignalCancel tells every worker to abort in-flight work of job (core NATS, not

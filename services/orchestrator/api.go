@@ -9,7 +9,6 @@ import (
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/bus"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -20,7 +19,9 @@ type api struct {
 	e *engine
 }
 
-const apiTimeout = 5 * time.Second
+// apiTimeout bounds a request; it stays under the CLI's default --timeout (10 s) and
+// lets a submission ride out a stream leader election (see bus.PublishMsg).
+const apiTimeout = 8 * time.Second
 
 func (a *api) register(svc micro.Service) error {
 	g := svc.AddGroup(contracts.SubjectAPIPrefix + ".jobs")
@@ -70,7 +71,7 @@ func (a *api) submit(r micro.Request) {
 	if tp := r.Headers().Get(contracts.HeaderTraceParent); tp != "" {
 		m.Header.Set(contracts.HeaderTraceParent, tp)
 	}
-	ack, err := a.e.js.PublishMsg(ctx, m, jetstream.WithMsgID(req.ID))
+	ack, err := bus.PublishMsg(ctx, a.e.js, m, req.ID)
 	if err != nil {
 		respond(r, contracts.SubmitReply{Error: unavailable(err)})
 		return
