@@ -93,6 +93,7 @@ FROM generate_series(%d, %d) g`, rows+1, rows+n))
 	// ferry: the job, from `ferry backup db` to its last step.
 	id := fmt.Sprintf("bench-db-%d", time.Now().UnixNano())
 	var job *contracts.Job
+	meter := startCPUMeter()
 	ferry := timeIt(func() {
 		j.submit(b, "backup", "db", "--id", id, "--from", "bench-customer", "--db", db, "--db-host", "127.0.0.1",
 			"--db-port", strconv.Itoa(pg.Port()), "--db-user", dbUser, "--db-credential", "bench-db", "--to", "bench-operator")
@@ -122,6 +123,8 @@ FROM generate_series(%d, %d) g`, rows+1, rows+n))
 	local := filepath.Join(helpdesk, db+".dump")
 	toOperator := filepath.Join(j.op.dir, db+".dump") // removed with the bench dir
 	var tun, dump, hop time.Duration
+	ferryCPU := meter.stop()
+	handMeter := startCPUMeter()
 	total := timeIt(func() {
 		start := time.Now()
 		stop := j.cust.sshForward(b, pg.Port())
@@ -139,6 +142,7 @@ FROM generate_series(%d, %d) g`, rows+1, rows+n))
 		j.op.scp(b, j.op.sshd.Port(), local, j.op.remote(toOperator))
 		hop = time.Since(start)
 	})
+	handCPU := handMeter.stop()
 	fi, err = os.Stat(toOperator)
 	if err != nil {
 		b.Fatal(err)
@@ -153,7 +157,8 @@ FROM generate_series(%d, %d) g`, rows+1, rows+n))
 		float64(size)/(1<<30), rows, float64(dbSize)/(1<<30), secs(gen), scaled, secs(ferryS), float64(ferrySize)/(1<<20),
 		secs(time.Duration(float64(tun+dump)*scale)), secs(time.Duration(float64(hop)*scale)), secs(handS), float64(handSize)/(1<<20), ratio),
 		ratio, "ratio-to-openssh")
-	fmt.Printf("  db backup job steps (wall, first start to end): %s\n", jobSteps(job))
+	fmt.Printf("  db backup job steps (wall, first start to end, and the machine's CPU time meanwhile): %s\n", jobSteps(job, meter))
+	fmt.Printf("  CPU time of the whole machine (%d cores): ferry %.2f s, by hand %.2f s\n", runtime.NumCPU(), ferryCPU, handCPU)
 }
 
 // ---------------------------------------------------------------------------------
@@ -177,6 +182,7 @@ func BenchmarkOpenSSHLogBackup2GiB(b *testing.B) {
 	id := fmt.Sprintf("bench-logs-%d", time.Now().UnixNano())
 	rel, _ := filepath.Rel(j.home, logs)
 	var job *contracts.Job
+	meter := startCPUMeter()
 	ferry := timeIt(func() {
 		j.submit(b, "backup", "logs", "--id", id, "--from", "bench-customer", "--paths", rel+"/*.log", "--max-size", "0",
 			"--to", "bench-operator")
@@ -196,6 +202,8 @@ func BenchmarkOpenSSHLogBackup2GiB(b *testing.B) {
 	bundle := filepath.Join(b.TempDir(), "logs.tar.zst")
 	toOperator := filepath.Join(j.op.dir, "logs.tar.zst") // removed with the bench dir
 	var pull, hop time.Duration
+	ferryCPU := meter.stop()
+	handMeter := startCPUMeter()
 	total := timeIt(func() {
 		start := time.Now()
 		cmd := fmt.Sprintf("ssh -p %d %s %s %s | zstd -1 -T0 -q -o %s", j.cust.sshd.Port(), strings.Join(j.cust.sshOpts(), " "), j.cust.userAt(),
@@ -206,6 +214,7 @@ func BenchmarkOpenSSHLogBackup2GiB(b *testing.B) {
 		j.op.scp(b, j.op.sshd.Port(), bundle, j.op.remote(toOperator))
 		hop = time.Since(start)
 	})
+	handCPU := handMeter.stop()
 	fi, err = os.Stat(toOperator)
 	if err != nil {
 		b.Fatal(err)
@@ -220,7 +229,8 @@ func BenchmarkOpenSSHLogBackup2GiB(b *testing.B) {
 		benchLogFiles, secs(gen), secs(ferry), float64(ferrySize)/(1<<20), float64(ferrySize)/benchLogTotal,
 		secs(pull), secs(hop), secs(total), float64(handSize)/(1<<20), float64(handSize)/benchLogTotal, ratio),
 		ratio, "ratio-to-openssh")
-	fmt.Printf("  log backup job steps (wall, first start to end): %s\n", jobSteps(job))
+	fmt.Printf("  log backup job steps (wall, first start to end, and the machine's CPU time meanwhile): %s\n", jobSteps(job, meter))
+	fmt.Printf("  CPU time of the whole machine (%d cores): ferry %.2f s, by hand %.2f s\n", runtime.NumCPU(), ferryCPU, handCPU)
 }
 
 // ---------------------------------------------------------------------------------
@@ -361,12 +371,19 @@ func queryInt(b *testing.B, s *dbtest.Server, db, sql string) int64 {
 }
 
 // jobSteps lists the steps of j that ran, with their wall times.
-func jobSteps(j *contracts.Job) string {
+// jobSteps lists the steps' wall times and, with a meter that ran meanwhile, the CPU
+// time the machine spent during each.
+func jobSteps(j *contracts.Job, m *cpuMeter) string {
 	var steps []string
 	for _, s := range j.Steps {
-		if !s.Started.IsZero() && !s.Ended.IsZero() {
-			steps = append(steps, fmt.Sprintf("%s %s (%s in the worker)", s.Name, secs(s.Ended.Sub(s.Started)), secs(s.Elapsed)))
+		if s.Started.IsZero() || s.Ended.IsZero() {
+			continue
 		}
+		line := fmt.Sprintf("%s %s", s.Name, secs(s.Ended.Sub(s.Started)))
+		if m != nil {
+			line += fmt.Sprintf(" (CPU %.2f s)", m.between(s.Started, s.Ended))
+		}
+		steps = append(steps, line)
 	}
 	return strings.Join(steps, ", ")
 }
