@@ -99,6 +99,7 @@ FROM generate_series(%d, %d) g`, rows+1, rows+n))
 			"--db-port", strconv.Itoa(pg.Port()), "--db-user", dbUser, "--db-credential", "bench-db", "--to", "bench-operator")
 		job = waitJob(b, j.js, id, 15*time.Minute)
 	})
+	ferryCPU := meter.stop()
 	if job.State != contracts.JobSucceeded {
 		b.Fatalf("db backup %s: %+v", job.State, job.Failure)
 	}
@@ -123,7 +124,6 @@ FROM generate_series(%d, %d) g`, rows+1, rows+n))
 	local := filepath.Join(helpdesk, db+".dump")
 	toOperator := filepath.Join(j.op.dir, db+".dump") // removed with the bench dir
 	var tun, dump, hop time.Duration
-	ferryCPU := meter.stop()
 	handMeter := startCPUMeter()
 	total := timeIt(func() {
 		start := time.Now()
@@ -188,6 +188,7 @@ func BenchmarkOpenSSHLogBackup2GiB(b *testing.B) {
 			"--to", "bench-operator")
 		job = waitJob(b, j.js, id, 15*time.Minute)
 	})
+	ferryCPU := meter.stop()
 	if job.State != contracts.JobSucceeded {
 		b.Fatalf("log backup %s: %+v", job.State, job.Failure)
 	}
@@ -202,7 +203,6 @@ func BenchmarkOpenSSHLogBackup2GiB(b *testing.B) {
 	bundle := filepath.Join(b.TempDir(), "logs.tar.zst")
 	toOperator := filepath.Join(j.op.dir, "logs.tar.zst") // removed with the bench dir
 	var pull, hop time.Duration
-	ferryCPU := meter.stop()
 	handMeter := startCPUMeter()
 	total := timeIt(func() {
 		start := time.Now()
@@ -370,7 +370,6 @@ func queryInt(b *testing.B, s *dbtest.Server, db, sql string) int64 {
 	return n
 }
 
-// jobSteps lists the steps of j that ran, with their wall times.
 // jobSteps lists the steps' wall times and, with a meter that ran meanwhile, the CPU
 // time the machine spent during each.
 func jobSteps(j *contracts.Job, m *cpuMeter) string {
