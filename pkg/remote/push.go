@@ -130,6 +130,13 @@ func (c *Conn) Put(ctx context.Context, u Upload, prog *Progress, sent *atomic.I
 		}
 		return c.failWrite(part, err)
 	}
+	// On stable storage before it can be renamed: else a power loss on the host soon
+	// after could leave a torn file under the final name. (The host's hashing of the
+	// last segment runs meanwhile.)
+	if err := c.syncFile(out); err != nil {
+		out.Close()
+		return c.failWrite(part, err)
+	}
 	if err := out.Close(); err != nil {
 		return c.failWrite(part, err)
 	}
@@ -157,7 +164,70 @@ func (c *Conn) Put(ctx context.Context, u Upload, prog *Progress, sent *atomic.I
 			return c.failWrite(part, err)
 		}
 	}
-	return c.rename(part, final)
+	if err := c.rename(part, final); err != nil {
+		return err
+	}
+	c.syncDir(u.Dir)
+	return nil
+}
+
+// canSync reports whether the server flushes a file to stable storage on request
+// (OpenSSH's fsync@openssh.com). Without it a landed file is left to the host's
+// writeback.
+func (c *Conn) canSync() bool {
+	v, ok := c.sftp.HasExtension("fsync@openssh.com")
+	return ok && v == "1"
+}
+
+// syncFile flushes an open remote file to stable storage where the server can.
+func (c *Conn) syncFile(f *sftp.File) error {
+	if !c.canSync() {
+		return nil
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// syncDir flushes a remote directory, so that a rename into it survives a power loss
+// of the host. The file renamed was flushed before, so at worst the rename is lost
+// and the retry finds the file under its temporary name: best effort, errors ignored.
+func (c *Conn) syncDir(dir string) {
+	if !c.canSync() {
+		return
+	}
+	d, err := c.sftp.Open(dir)
+	if err != nil {
+		return
+	}
+	_ = d.Sync()
+	_ = d.Close()
+}
+
+// syncTree flushes a landed tree to stable storage before it is switched into place:
+// one syncfs of its file system (sync -f) where commands run, as fsync file by file
+// would queue thousands of flushes one after another in the SFTP server; else each
+// file through SFTP.
+func (c *Conn) syncTree(ctx context.Context, dir string, paths []string) error {
+	if c.CanExec(ctx) {
+		// sync -f is coreutils ≥ 8.24; elsewhere a whole sync does it.
+		if err := c.run(ctx, "sync -f -- "+Quote(dir)+" 2>/dev/null || sync", nil, nil); err != nil {
+			return fmt.Errorf("sync %s: %w", dir, err)
+		}
+		return nil
+	}
+	if !c.canSync() {
+		return nil
+	}
+	return c.each(ctx, len(paths), func(i int) error {
+		f, err := c.sftp.OpenFile(paths[i], os.O_WRONLY)
+		if err != nil {
+			return c.writeErr(paths[i], err)
+		}
+		defer f.Close()
+		return c.syncFile(f)
+	})
 }
 
 // verify checks the size and SHA-256 of a remote file, removing it when it differs.
@@ -400,6 +470,9 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, files []c
 			return c.failTree(incoming, err)
 		}
 	}
+	if err := c.syncTree(ctx, incoming, paths); err != nil {
+		return c.failTree(incoming, err)
+	}
 	for _, f := range files {
 		if f.Mode != 0 {
 			if err := c.sftp.Chmod(path.Join(incoming, f.Path), fs.FileMode(f.Mode).Perm()); err != nil {
@@ -446,7 +519,11 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, files []c
 			}
 		}
 	}
-	return c.removeAll(ctx, incoming)
+	if err := c.removeAll(ctx, incoming); err != nil {
+		return err
+	}
+	c.syncDir(dir)
+	return nil
 }
 
 // failTree removes the incoming directory after a refused write (its files would be

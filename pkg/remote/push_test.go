@@ -267,3 +267,78 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 		})
 	}
 }
+
+// A landed file is flushed to the host's disk before it is renamed into place, and its
+// directory after, so that a power loss of the host cannot leave a torn file under its
+// final name. sftp-server's own log shows the order of the operations.
+func TestPutFlushesBeforeRename(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		sftpOnly bool
+	}{{"exec", false}, {"sftp-only", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, sshtest.Options{SFTPLog: true, SFTPOnly: tc.sftpOnly})
+			c := e.open(Options{})
+			if c.CanExec(context.Background()) == tc.sftpOnly {
+				t.Fatalf("CanExec = %v on a host with SFTPOnly %v", !tc.sftpOnly, tc.sftpOnly)
+			}
+			dest := filepath.Join(e.dir, "dest")
+			if err := os.Mkdir(dest, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			e.chown(dest)
+
+			local := filepath.Join(t.TempDir(), "update.tar.zst")
+			write(t, local, 3<<20)
+			u := upload(t, local, dest, "update.tar.zst", "job1")
+			var sent atomic.Int64
+			if err := c.Put(context.Background(), u, nil, &sent); err != nil {
+				t.Fatal(err)
+			}
+			part, final := filepath.Join(dest, u.TempName()), filepath.Join(dest, u.Name)
+			inOrder(t, e.sshd.SFTPLogText(),
+				`fsync "`+part+`"`,
+				`posix-rename old "`+part+`" new "`+final+`"`,
+				`fsync "`+dest+`"`)
+
+			// A tree: every file flushed before the first switch into place.
+			tree := t.TempDir()
+			var files []contracts.ManifestFile
+			for p, size := range map[string]int64{"bin/app": 64 << 10, "bin/app.conf": 100} {
+				write(t, filepath.Join(tree, filepath.FromSlash(p)), size)
+				files = append(files, contracts.ManifestFile{Path: p, Size: size, SHA256: fileSHA(t, filepath.Join(tree, filepath.FromSlash(p)))})
+			}
+			logged := len(e.sshd.SFTPLogText())
+			if err := c.PutTree(context.Background(), tree, dest, "job2", files, nil, &sent); err != nil {
+				t.Fatal(err)
+			}
+			incoming := filepath.Join(dest, ".ferry-incoming-job2")
+			log := e.sshd.SFTPLogText()[logged:]
+			switchIn := `posix-rename old "` + filepath.Join(incoming, "bin") + `" new "` + filepath.Join(dest, "bin") + `"`
+			if tc.sftpOnly { // file by file through SFTP; with commands, one sync -f (not in this log)
+				for _, f := range files {
+					inOrder(t, log, `fsync "`+filepath.Join(incoming, f.Path)+`"`, switchIn)
+				}
+			}
+			inOrder(t, log, switchIn, `fsync "`+dest+`"`)
+			for _, f := range files {
+				if got := fileSHA(t, filepath.Join(dest, f.Path)); got != f.SHA256 {
+					t.Errorf("%s: sha %s, want %s", f.Path, got, f.SHA256)
+				}
+			}
+		})
+	}
+}
+
+// inOrder fails unless each of want occurs in log after the one before it.
+func inOrder(t *testing.T, log string, want ...string) {
+	t.Helper()
+	rest := log
+	for _, w := range want {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Fatalf("sftp-server log lacks %q after the operations before it; log:\n%s", w, log)
+		}
+		rest = rest[i+len(w):]
+	}
+}

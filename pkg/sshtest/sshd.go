@@ -47,6 +47,13 @@ type Options struct {
 	HostKeyTypes []string
 	// Config holds extra sshd_config lines, appended to the generated ones.
 	Config []string
+	// SFTPLog serves SFTP with OpenSSH's sftp-server program logging every
+	// operation it performs (open, write, fsync, rename…) to a file that SFTPLogText
+	// returns, instead of the quiet internal-sftp.
+	SFTPLog bool
+	// SFTPOnly forces every session into the SFTP server (ForceCommand): the host
+	// runs no commands, like a chrooted SFTP-only account.
+	SFTPOnly bool
 }
 
 // Server is an OpenSSH sshd listening on 127.0.0.1 with throwaway host keys and
@@ -142,7 +149,7 @@ func (s *Server) writeConfig() {
 		"PrintMotd no",
 		"UseDNS no",
 		"MaxStartups 100",
-		"Subsystem sftp internal-sftp",
+		s.subsystem(),
 		"SetEnv SHLVL=1",
 		"AllowTcpForwarding yes",
 		"LogLevel DEBUG1",
@@ -150,11 +157,38 @@ func (s *Server) writeConfig() {
 	for _, typ := range s.opts.HostKeyTypes {
 		lines = append(lines, "HostKey "+filepath.Join(s.dir, "ssh_host_"+typ+"_key"))
 	}
+	if s.opts.SFTPOnly {
+		lines = append(lines, "ForceCommand "+strings.TrimPrefix(s.subsystem(), "Subsystem sftp "))
+	}
 	lines = append(lines, s.opts.Config...)
 	s.writeFile("sshd_config", []byte(strings.Join(lines, "\n")+"\n"), 0o644)
 }
 
 func (s *Server) logPath() string { return filepath.Join(s.dir, "sshd.log") }
+
+// SFTPServerPath is OpenSSH's SFTP server program (Debian's path).
+const SFTPServerPath = "/usr/lib/openssh/sftp-server"
+
+func (s *Server) sftpLogPath() string { return filepath.Join(s.dir, "sftp.log") }
+
+func (s *Server) subsystem() string {
+	if !s.opts.SFTPLog {
+		return "Subsystem sftp internal-sftp"
+	}
+	// sshd runs a subsystem through the user's shell, which does the redirection;
+	// the log is writable by the test user the server runs as.
+	s.writeFile("sftp.log", nil, 0o666)
+	return "Subsystem sftp " + SFTPServerPath + " -e -l VERBOSE 2>>" + s.sftpLogPath()
+}
+
+// SFTPLogText returns what sftp-server logged so far (Options.SFTPLog).
+func (s *Server) SFTPLogText() string {
+	b, err := os.ReadFile(s.sftpLogPath())
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.t.Errorf("sshtest: %v", err)
+	}
+	return string(b)
+}
 
 // start runs sshd and waits for it to listen.
 func (s *Server) start() error {
