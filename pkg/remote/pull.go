@@ -141,6 +141,9 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	if err != nil {
 		return res, err
 	}
+	if err := flushStaging(spec.Dir); err != nil {
+		return res, fmt.Errorf("staging: %w", err)
+	}
 	for _, f := range files {
 		res.Paths = append(res.Paths, f.rel)
 	}
@@ -226,7 +229,7 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		if _, err := in.Seek(offset, io.SeekStart); err != nil {
 			return c.pathErr("seek", f.remote, err)
 		}
-		w := &limitWriter{w: &countingWriter{w: out, prog: prog, sent: sent}, n: f.size - offset}
+		w := &limitWriter{w: &countingWriter{w: newWriteBehind(out, offset), prog: prog, sent: sent}, n: f.size - offset}
 		// The source's WriteTo keeps pkg/sftp's concurrent reads; the limit captures a
 		// growing file up to its listed size.
 		if _, err := in.WriteTo(w); err != nil && !errors.Is(err, errLimit) {
