@@ -207,6 +207,9 @@ func (c *Conn) Copy(ctx context.Context, roots *Roots, sources []string, destDir
 			cmd.WriteString(" " + Quote(s.path))
 		}
 		cmd.WriteString(" " + Quote(dest+"/"))
+		// On disk before the step reports the copy made: the pull may read it after
+		// the host lost power (sync -f is coreutils ≥ 8.24; elsewhere a whole sync).
+		cmd.WriteString(" && { sync -f -- " + Quote(dest) + " 2>/dev/null || sync; }")
 		if err := c.run(ctx, cmd.String(), nil, nil); err != nil {
 			var ce *CommandError
 			if errors.As(err, &ce) && (strings.Contains(ce.Stderr, "No space left") || strings.Contains(ce.Stderr, "quota")) {
@@ -287,6 +290,9 @@ func (c *Conn) copyFile(src, dst string, fi os.FileInfo, prog *Progress) error {
 		<-done
 	}
 	prog.add(n)
+	if err == nil && readErr == nil {
+		err = c.syncFile(out)
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

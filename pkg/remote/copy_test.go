@@ -61,6 +61,7 @@ func TestCopyExecAndSFTPOnly(t *testing.T) {
 			if res.Bytes != 300<<10+2<<20+1000+100 || res.Files != 5 || len(res.Paths) != 3 {
 				t.Errorf("result %+v", res)
 			}
+			checkFlushed(t, destAbs, 5) // the pull may read the copy after the host lost power
 			// Again: same result, no error (a redelivered command).
 			if _, err := c.Copy(context.Background(), roots, []string{e.rel(filepath.Join(src, "app")), e.rel(src) + "/*.txt"}, dest, nil); err != nil {
 				t.Fatal(err)

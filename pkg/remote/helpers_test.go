@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ferrydesk/ferry/pkg/sshdial"
 	"github.com/ferrydesk/ferry/pkg/sshtest"
+	"golang.org/x/sys/unix"
 )
 
 // env is a real sshd and a directory of the test user's home to play in.
@@ -137,4 +139,48 @@ func treeSums(t *testing.T, dir string) map[string]string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// checkFlushed fails unless the files below dir (files of them, when files ≥ 0) have no
+// page that is dirty or under writeback: they are on stable storage. cachestat(2)
+// (Linux 6.5) counts the pages; the test is skipped without it, or on a tmpfs.
+func checkFlushed(t *testing.T, dir string, files int) {
+	t.Helper()
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	if fs.Type == unix.TMPFS_MAGIC {
+		t.Skip("a tmpfs: its pages are never written to a disk")
+	}
+	n := 0
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		n++
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		var st unix.Cachestat_t
+		err = unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &st, 0) // length 0: the whole file
+		if errors.Is(err, unix.ENOSYS) {
+			t.Skip("no cachestat(2) on this kernel")
+		}
+		if err != nil {
+			return err
+		}
+		if st.Dirty+st.Writeback > 0 {
+			t.Errorf("%s: %d pages dirty, %d under writeback", p, st.Dirty, st.Writeback)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files >= 0 && n != files {
+		t.Fatalf("%d files below %s, want %d", n, dir, files)
+	}
 }
