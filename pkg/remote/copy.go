@@ -246,6 +246,11 @@ func (c *Conn) Copy(ctx context.Context, roots *Roots, sources []string, destDir
 		}
 	}
 	err = c.each(ctx, len(files), func(i int) error {
+		release, err := c.admit(ctx, files[i].fi.Size())
+		if err != nil {
+			return err
+		}
+		defer release()
 		return c.copyFile(files[i].src, files[i].dst, files[i].fi, prog)
 	})
 	if err != nil {

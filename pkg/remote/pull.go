@@ -191,6 +191,11 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		prog.add(f.size) // pulled by an earlier attempt
 		return nil
 	}
+	release, err := c.admit(ctx, f.size)
+	if err != nil {
+		return err
+	}
+	defer release()
 	part := filepath.FromSlash(partName(f.rel))
 	var offset int64
 	if fi, err := root.Stat(part); err == nil && fi.Mode().IsRegular() && fi.Size() > 0 && fi.Size() <= f.size && c.CanExec(ctx) {

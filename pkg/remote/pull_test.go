@@ -186,3 +186,44 @@ func TestPullFlushesStaging(t *testing.T) {
 	}
 	checkFlushed(t, into, 41)
 }
+
+// Large files, each holding its whole window of request buffers, are pulled at most
+// LargeInFlight at a time, however many files are in flight: 32 files of 10 MiB held
+// 140 MiB of buffers before. sftp-server's log shows how many were open at once.
+func TestPullBoundsLargeFilesInFlight(t *testing.T) {
+	e := newEnv(t, sshtest.Options{SFTPLog: true})
+	src := filepath.Join(e.dir, "logs")
+	for i := range 12 {
+		write(t, filepath.Join(src, fmt.Sprintf("app-%02d.log", i)), 5<<20) // over the 4 MiB window
+	}
+	e.chown(e.dir)
+	c := e.open(Options{})
+	roots, err := c.Roots(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	into := filepath.Join(t.TempDir(), "logs")
+	if _, err := c.Pull(context.Background(), roots, PullSpec{Paths: []string{e.rel(src) + "/*.log"}, Dir: into}, nil); err != nil {
+		t.Fatal(err)
+	}
+	open, most, opened := 0, 0, 0
+	for _, l := range strings.Split(e.sshd.SFTPLogText(), "\n") {
+		switch {
+		case strings.HasPrefix(l, `open "`+src+"/") && strings.Contains(l, "flags READ"):
+			open++
+			opened++
+			most = max(most, open)
+		case strings.HasPrefix(l, `close "`+src+"/"):
+			open--
+		}
+	}
+	if opened != 12 {
+		t.Fatalf("the log shows %d files opened, want 12", opened)
+	}
+	if most > DefaultLargeInFlight {
+		t.Errorf("%d large files open at once, want at most %d", most, DefaultLargeInFlight)
+	}
+	if got := treeSums(t, into); len(got) != 12 {
+		t.Errorf("staged %d files, want 12", len(got))
+	}
+}

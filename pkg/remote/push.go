@@ -440,6 +440,11 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, files []c
 				return nil
 			}
 		}
+		release, err := c.admit(ctx, f.Size)
+		if err != nil {
+			return err
+		}
+		defer release()
 		return c.sendWhole(filepath.Join(localDir, filepath.FromSlash(f.Path)), remote, f, prog, sent)
 	}
 	if err := c.each(ctx, len(files), func(i int) error { return upload(i, false) }); err != nil {

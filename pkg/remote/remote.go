@@ -58,6 +58,7 @@ const (
 	DefaultMaxPacket       = 255 * 1024 // OpenSSH's sftp-server accepts 256 KiB messages
 	DefaultRequestsPerFile = 16
 	DefaultFilesInFlight   = 32
+	DefaultLargeInFlight   = 4
 )
 
 // Options tune a Conn. The zero value takes the defaults.
@@ -70,6 +71,11 @@ type Options struct {
 	RequestsPerFile int
 	// FilesInFlight is how many files a tree transfer moves at once (default 32).
 	FilesInFlight int
+	// LargeInFlight is how many of those may be large — more than RequestsPerFile
+	// full requests, so that each holds its whole window of buffers (default 4:
+	// 16 MiB of buffers; 32 large files would hold 128 MiB, and a link full with 4
+	// moves no faster with more).
+	LargeInFlight int
 	// NoExec never runs commands on the host: copies stream through SFTP and
 	// verification reads files back.
 	NoExec bool
@@ -89,6 +95,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.FilesInFlight <= 0 {
 		o.FilesInFlight = DefaultFilesInFlight
+	}
+	if o.LargeInFlight <= 0 {
+		o.LargeInFlight = DefaultLargeInFlight
 	}
 	if o.Lanes <= 0 {
 		o.Lanes = DefaultLanes
@@ -111,6 +120,8 @@ type Conn struct {
 	sftpOpts  []sftp.ClientOption // for the sessions of lanes
 	lanesOnce sync.Once
 	lanes     []*sftp.Client
+
+	large chan struct{} // a slot per large file in flight (Options.LargeInFlight)
 
 	execOnce sync.Once
 	execOK   bool
@@ -144,7 +155,8 @@ func Open(c *sshdial.Client, opts Options) (*Conn, error) {
 		return nil, wrapConn(c, "sftp realpath .", err)
 	}
 	rtt := sync.OnceValue(func() time.Duration { return measureRTT(sc, home) })
-	return &Conn{ssh: c, sftp: sc, opts: opts, home: home, rtt: rtt, sftpOpts: sopts}, nil
+	return &Conn{ssh: c, sftp: sc, opts: opts, home: home, rtt: rtt, sftpOpts: sopts,
+		large: make(chan struct{}, opts.LargeInFlight)}, nil
 }
 
 // Close ends the SFTP sessions (not the SSH connection).
@@ -341,6 +353,21 @@ func (c *Conn) each(ctx context.Context, n int, fn func(i int) error) error {
 		return first
 	}
 	return context.Cause(ctx)
+}
+
+// admit waits, for a file of size bytes that fills its window of requests, until
+// fewer than LargeInFlight such files are in flight on c; release undoes it. Smaller
+// files pass at once.
+func (c *Conn) admit(ctx context.Context, size int64) (release func(), err error) {
+	if size <= int64(c.opts.RequestsPerFile)*int64(c.opts.MaxPacket) {
+		return func() {}, nil
+	}
+	select {
+	case c.large <- struct{}{}:
+		return func() { <-c.large }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // pathErr wraps an SFTP error on path p: the connection's end when it ended,
