@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/ferrydesk/ferry/pkg/staging"
 )
 
 // PullSpec says what Pull copies from the host and where it lands.
@@ -141,7 +143,7 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	if err != nil {
 		return res, err
 	}
-	if err := flushStaging(spec.Dir); err != nil {
+	if err := staging.Flush(spec.Dir); err != nil {
 		return res, fmt.Errorf("staging: %w", err)
 	}
 	for _, f := range files {
@@ -234,7 +236,7 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		if _, err := in.Seek(offset, io.SeekStart); err != nil {
 			return c.pathErr("seek", f.remote, err)
 		}
-		w := &limitWriter{w: &countingWriter{w: newWriteBehind(out, offset), prog: prog, sent: sent}, n: f.size - offset}
+		w := &limitWriter{w: &countingWriter{w: staging.NewWriteBehind(out, offset), prog: prog, sent: sent}, n: f.size - offset}
 		// The source's WriteTo keeps pkg/sftp's concurrent reads; the limit captures a
 		// growing file up to its listed size.
 		if _, err := in.WriteTo(w); err != nil && !errors.Is(err, errLimit) {

@@ -244,7 +244,8 @@ func writeFile(root *os.Root, name string, write func(io.Writer) error) error {
 	if err != nil {
 		return fmt.Errorf("archiver: %w", err)
 	}
-	bw := bufio.NewWriterSize(f, 1<<20)
+	// Its writeback starts on the way, so the fsync at the end has little to wait for.
+	bw := bufio.NewWriterSize(staging.NewWriteBehind(f, 0), 1<<20)
 	if err := write(bw); err != nil {
 		_ = f.Close()
 		return err
