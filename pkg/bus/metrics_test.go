@@ -36,6 +36,22 @@ func TestConsumerMetrics(t *testing.T) {
 	}
 	for range batch.Messages() { // delivered, not acknowledged
 	}
+	// The server updates a filtered consumer's pending count asynchronously after a
+	// publish: wait until its info says what the scrape is to show (it read 0 pending
+	// once under load, right after the fetch).
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumPending == 2 && info.NumAckPending == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer info: %d pending, %d ack pending; want 2 and 1", info.NumPending, info.NumAckPending)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	reg := prometheus.NewPedanticRegistry()
 	if err := bus.RegisterConsumerMetrics(reg, js,
