@@ -25,7 +25,7 @@ var (
 // follower hashes a remote file on the host while it is written, in the order the
 // caller acknowledges its prefixes: one exec session running
 //
-//	exec 3<FILE; while read n; do head -c "$n" <&3; done | HASH
+//	exec 3<FILE; while read n; do head -c "$n" <&3; sync -d FILE & done | HASH
 //
 // fed the length of each newly acknowledged span on its standard input.
 type follower struct {
@@ -52,7 +52,10 @@ func (c *Conn) follow(ctx context.Context, p string) *follower {
 		s.Close()
 		return nil
 	}
-	cmd := "exec 3< " + Quote(p) + ` && while read -r n; do head -c "$n" <&3 || exit 1; done | ` + c.hashStdin
+	// Each acknowledged span also starts its way to the disk (sync -d FILE: fdatasync,
+	// coreutils ≥ 8.24; elsewhere it fails quietly), so the fsync before the rename
+	// finds little left: it took 0.3 s per GiB at the end.
+	cmd := "exec 3< " + Quote(p) + ` && while read -r n; do head -c "$n" <&3 || exit 1; sync -d -- ` + Quote(p) + ` >/dev/null 2>&1 & done | ` + c.hashStdin
 	if err := s.Start(cmd); err != nil {
 		s.Close()
 		return nil
