@@ -34,17 +34,10 @@ const (
 	tarLanders = 8
 )
 
-// canTar reports whether the host runs GNU tar over exec (needed for --null -T -).
+// canTar reports whether the host runs GNU tar over exec (needed for --null -T -),
+// as learnt by CanExec's probe.
 func (c *Conn) canTar(ctx context.Context) bool {
-	if !c.CanExec(ctx) {
-		return false
-	}
-	c.tarOnce.Do(func() {
-		var out bytes.Buffer
-		err := c.run(ctx, "tar --version", &out, nil)
-		c.tarOK = err == nil && strings.Contains(out.String(), "GNU tar")
-	})
-	return c.tarOK
+	return c.CanExec(ctx) && c.tarOK
 }
 
 // splitForTar returns the files Pull sends through tar and those it reads over SFTP.

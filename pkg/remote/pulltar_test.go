@@ -160,3 +160,59 @@ func TestProcessUmask(t *testing.T) {
 		t.Errorf("umask read as %#o, want 0027", got)
 	}
 }
+
+// One probe learns whether the host runs commands, has OpenSSL and has GNU tar: a host
+// whose tar is another one (here a script answering like bsdtar, first in the PATH of
+// every session) gets its small files over SFTP, still complete.
+func TestProbeTellsGNUTarApart(t *testing.T) {
+	bin := t.TempDir()
+	script := func(name, text string) string {
+		p := filepath.Join(bin, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+text), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	script("tar", "echo 'bsdtar 3.6.2 - libarchive 3.6.2'\n")
+	// sshd sets PATH itself; a forced command puts the fake tar first.
+	wrapper := script("session", `case "$SSH_ORIGINAL_COMMAND" in internal-sftp) exec `+sshtest.SFTPServerPath+`;; esac
+PATH=`+bin+`:$PATH; export PATH
+exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+`)
+	for _, d := range []string{bin, filepath.Dir(bin)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		config  []string
+		wantTar bool
+	}{{"gnu-tar", nil, true}, {"other-tar", []string{"ForceCommand " + wrapper}, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, sshtest.Options{Config: tc.config})
+			src := filepath.Join(e.dir, "many")
+			for i := range 20 {
+				write(t, filepath.Join(src, fmt.Sprintf("f%02d.log", i)), 100)
+			}
+			e.chown(e.dir)
+			c := e.open(Options{})
+			ctx := context.Background()
+			if !c.CanExec(ctx) {
+				t.Fatal("the host runs no commands")
+			}
+			if got := c.canTar(ctx); got != tc.wantTar {
+				t.Fatalf("canTar = %v, want %v", got, tc.wantTar)
+			}
+			roots, _ := c.Roots(nil)
+			into := t.TempDir()
+			res, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := treeSums(t, into); res.Files != 20 || len(got) != 20 {
+				t.Fatalf("pulled %d files, %d landed; want 20", res.Files, len(got))
+			}
+		})
+	}
+}
