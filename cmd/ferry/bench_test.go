@@ -100,17 +100,7 @@ func BenchmarkOpenSSHOneHop1GiB(b *testing.B) {
 				ferryRuns, sftpRuns := alternate(benchTurns, func() time.Duration {
 					into := filepath.Join(b.TempDir(), "pull")
 					d := timeIt(func() {
-						c := e.ferry(b, port)
-						defer c.close()
-						roots, err := c.conn.Roots(nil)
-						if err != nil {
-							b.Fatal(err)
-						}
-						res, err := c.conn.Pull(context.Background(), roots, remote.PullSpec{Paths: []string{src}, Dir: into}, &remote.Progress{})
-						if err != nil {
-							b.Fatal(err)
-						}
-						if res.Bytes != benchBig {
+						if res := e.ferryPull(b, port, src, into); res.Bytes != benchBig {
 							b.Fatalf("ferry pulled %d bytes", res.Bytes)
 						}
 					})
@@ -191,17 +181,7 @@ func BenchmarkOpenSSHSmallFiles(b *testing.B) {
 	ferryRuns, tarRuns := alternate(benchTurns, func() time.Duration {
 		into := filepath.Join(b.TempDir(), "ferry")
 		d := timeIt(func() {
-			c := e.ferry(b, port)
-			defer c.close()
-			roots, err := c.conn.Roots(nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			res, err := c.conn.Pull(context.Background(), roots, remote.PullSpec{Paths: []string{tree}, Dir: into}, &remote.Progress{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			if res.Files != benchSmallN {
+			if res := e.ferryPull(b, port, tree, into); res.Files != benchSmallN {
 				b.Fatalf("ferry pulled %d files", res.Files)
 			}
 		})
@@ -502,6 +482,23 @@ func (e *benchHost) ferry(b *testing.B, port int) ferryConn {
 	return ferryConn{client: c, conn: conn}
 }
 
+// ferryPull pulls path into dir as the transfer step does: a new connection (its
+// handshake counted, like the OpenSSH tools'), Pull, close.
+func (e *benchHost) ferryPull(b *testing.B, port int, path, dir string) remote.Result {
+	b.Helper()
+	c := e.ferry(b, port)
+	defer c.close()
+	roots, err := c.conn.Roots(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := c.conn.Pull(context.Background(), roots, remote.PullSpec{Paths: []string{path}, Dir: dir}, &remote.Progress{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return res
+}
+
 func (e *benchHost) sshOpts() []string {
 	return []string{"-F", "/dev/null", "-i", e.keyFile, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
 		"-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-c", benchCipher}
@@ -664,8 +661,7 @@ func checkFiles(b *testing.B, dir string, want int) {
 	}
 }
 
-// cpuMeter samples the machine's busy CPU time (/proc/stat: every state but idle and
-// iowait) every 20 ms from its start until stop, so that a run's CPU time, and that of
+// cpuMeter samples the machine's busy CPU time (see machineBusy) every 20 ms from its start until stop, so that a run's CPU time, and that of
 // each of a job's steps, can be printed beside the wall time: on a machine of few
 // cores the work a run costs decides its wall time as much as its overlap does.
 type cpuMeter struct {
@@ -726,19 +722,22 @@ func (m *cpuMeter) between(from, to time.Time) float64 {
 	return at(to) - at(from)
 }
 
+// machineBusy is the CPU time the machine has run anything since boot, in seconds:
+// user, nice, system, irq and softirq of /proc/stat's first line. Not idle or iowait;
+// not steal (the hypervisor ran someone else); not guest, already inside user.
 func machineBusy() float64 {
 	raw, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return 0
 	}
-	line, _, _ := strings.Cut(string(raw), "\n") // cpu  user nice system idle iowait irq softirq steal …
+	line, _, _ := strings.Cut(string(raw), "\n") // cpu user nice system idle iowait irq softirq steal guest guest_nice
+	f := strings.Fields(line)
 	var busy float64
-	for i, f := range strings.Fields(line)[1:] {
-		if i == 3 || i == 4 {
-			continue
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		if i < len(f) {
+			n, _ := strconv.ParseFloat(f[i], 64)
+			busy += n
 		}
-		n, _ := strconv.ParseFloat(f, 64)
-		busy += n
 	}
 	return busy / 100 // USER_HZ
 }
