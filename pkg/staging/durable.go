@@ -34,7 +34,7 @@ func (w *WriteBehind) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.pos += int64(n)
 	if w.pos-w.queued >= writeBehindChunk {
-		// Only a hint: the flush at the end of the pull is what counts.
+		// Only a hint: the flush at the end of the step is what counts.
 		_ = unix.SyncFileRange(int(w.f.Fd()), w.queued, w.pos-w.queued, unix.SYNC_FILE_RANGE_WRITE)
 		w.queued = w.pos
 	}

@@ -3,6 +3,7 @@ package staging
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -41,7 +42,7 @@ func TestWriteBehindAndFlush(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := any(f).(interface{ Write([]byte) (int, error) })
+		var w io.Writer = f
 		if behind {
 			w = NewWriteBehind(f, 0)
 		}
