@@ -137,11 +137,17 @@ func WaitConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 	}, jetstream.ErrConsumerNotFound, jetstream.ErrStreamNotFound)
 }
 
-// WaitKeyValue binds to a bucket, waiting for provisioning like WaitConsumer.
+// WaitKeyValue binds to a bucket, waiting for provisioning like WaitConsumer. The
+// handle's Get, Put, Create, Update and Delete ride out a leader election or a
+// reconnection the same way (see steadyKV).
 func WaitKeyValue(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
-	return waitBound(ctx, "bucket "+bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := waitBound(ctx, "bucket "+bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
 		return js.KeyValue(ctx, bucket)
 	}, jetstream.ErrBucketNotFound)
+	if err != nil {
+		return nil, err
+	}
+	return steady(kv), nil
 }
 
 // bindAttempt bounds one lookup: a reply lost while the client reconnects, or a

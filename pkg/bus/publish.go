@@ -52,19 +52,9 @@ const publishAttempt = 2 * time.Second
 // message id makes every retry land once. The client library retries only twice,
 // 250 ms apart, which an election outlasts.
 func PublishMsg(ctx context.Context, js jetstream.JetStream, m *nats.Msg, msgID string) (*jetstream.PubAck, error) {
-	for {
-		attempt, cancel := context.WithTimeout(ctx, publishAttempt)
-		ack, err := js.PublishMsg(attempt, m, jetstream.WithMsgID(msgID))
-		cancel()
-		if err == nil || !transient(err) || ctx.Err() != nil {
-			return ack, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return retryFor(ctx, publishAttempt, func(ctx context.Context) (*jetstream.PubAck, error) {
+		return js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID))
+	})
 }
 
 // SignalCancel tells every worker to abort in-flight work of job (core NATS, not

@@ -1,0 +1,212 @@
+package bus_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/bus"
+	"github.com/ferrydesk/ferry/pkg/bus/bustest"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestKeyValueWriteSurvivesALostReply: a write reaches the stream but its answer is
+// lost with the connection (as when the node a client talks to is killed). The write
+// must end, as the success it was, soon after the client reconnects, not at the
+// caller's deadline; a create or compare-and-set must not be reported as a conflict
+// with itself, nor be applied twice.
+func TestKeyValueWriteSurvivesALostReply(t *testing.T) {
+	srv := bustest.Start(t, bus.Topology{})
+	_, direct := srv.Connect(t, "observer")
+	p := startLossyProxy(t, srv.Addr().String())
+	nc, err := nats.Connect("nats://"+p.addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	kv, err := bus.WaitKeyValue(ctx, js, contracts.BucketJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen, err := bus.WaitKeyValue(ctx, direct, contracts.BucketJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := kv.Create(ctx, "job-a", []byte("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name, key string
+		value     []byte
+		write     func(ctx context.Context, value []byte) (uint64, error)
+		revision  uint64 // the revision the one write lands at; 0: any
+	}{
+		{"create", "job-b", []byte("b1"), func(ctx context.Context, v []byte) (uint64, error) { return kv.Create(ctx, "job-b", v) }, 0},
+		{"update", "job-a", []byte("v2"), func(ctx context.Context, v []byte) (uint64, error) { return kv.Update(ctx, "job-a", v, first) }, 0},
+		{"put", "job-c", []byte("c1"), func(ctx context.Context, v []byte) (uint64, error) { return kv.Put(ctx, "job-c", v) }, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p.mute(true)
+			type result struct {
+				rev uint64
+				err error
+			}
+			done := make(chan result, 1)
+			start := time.Now()
+			go func() {
+				wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				rev, err := tc.write(wctx, tc.value)
+				done <- result{rev, err}
+			}()
+			// The write lands; its answer is being dropped.
+			var landed jetstream.KeyValueEntry
+			for landed == nil || !bytes.Equal(landed.Value(), tc.value) {
+				if time.Since(start) > 10*time.Second {
+					t.Fatal("the write did not reach the stream")
+				}
+				time.Sleep(20 * time.Millisecond)
+				landed, _ = seen.Get(ctx, tc.key)
+			}
+			p.cut()
+			p.mute(false)
+			select {
+			case r := <-done:
+				if r.err != nil {
+					t.Fatalf("write after a lost reply: %v (after %s)", r.err, time.Since(start).Round(time.Millisecond))
+				}
+				e, err := seen.Get(ctx, tc.key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.rev != e.Revision() || !bytes.Equal(e.Value(), tc.value) {
+					t.Errorf("write returned revision %d; the key holds %q at %d", r.rev, e.Value(), e.Revision())
+				}
+				if tc.name != "put" && e.Revision() != landed.Revision() {
+					t.Errorf("conditional write applied twice: revision %d, first landed at %d", e.Revision(), landed.Revision())
+				}
+				t.Logf("ended %s after it started", time.Since(start).Round(time.Millisecond))
+			case <-time.After(15 * time.Second):
+				t.Fatal("write still waiting 15 s after the reconnection: a lost reply held it")
+			}
+		})
+	}
+}
+
+// TestKeyValueConflictStaysAConflict: a compare-and-set that loses to another writer is
+// still reported as the conflict it is, at once.
+func TestKeyValueConflictStaysAConflict(t *testing.T) {
+	srv := bustest.Start(t, bus.Topology{})
+	_, js := srv.Connect(t, "orchestrator")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := bus.WaitKeyValue(ctx, js, contracts.BucketJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := kv.Create(ctx, "job-a", []byte("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "job-a", []byte("theirs"), rev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "job-a", []byte("mine"), rev); !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		t.Errorf("stale update: %v, want a revision mismatch", err)
+	}
+	if _, err := kv.Create(ctx, "job-a", []byte("mine")); !errors.Is(err, jetstream.ErrKeyExists) {
+		t.Errorf("create of an existing key: %v, want key exists", err)
+	}
+}
+
+// lossyProxy forwards TCP connections to a NATS server. While muted, what the server
+// sends is dropped (its replies are lost); cut closes every connection.
+type lossyProxy struct {
+	ln     net.Listener
+	target string
+
+	mu    sync.Mutex
+	muted bool
+	conns []net.Conn
+}
+
+func startLossyProxy(t *testing.T, target string) *lossyProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &lossyProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go p.serve()
+	return p
+}
+
+func (p *lossyProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *lossyProxy) mute(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.muted = on
+}
+
+func (p *lossyProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *lossyProxy) serve() {
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.Dial("tcp", p.target)
+		if err != nil {
+			client.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, client, server)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(server, client) }()
+		go p.replies(client, server)
+	}
+}
+
+// replies copies the server's bytes to the client unless muted.
+func (p *lossyProxy) replies(client, server net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := server.Read(buf)
+		p.mu.Lock()
+		muted := p.muted
+		p.mu.Unlock()
+		if n > 0 && !muted {
+			if _, werr := client.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
