@@ -22,7 +22,7 @@ func NewRunnerMetrics(reg prometheus.Registerer) *RunnerMetrics {
 		}, []string{"op"}),
 		terminations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_step_commands_terminated_total",
-			Help: "Step commands terminated without running, by reason (poison, expired).",
+			Help: "Step commands terminated without running, by reason (poison, expired, superseded).",
 		}, []string{"op", "reason"}),
 	}
 	reg.MustRegister(m.redeliveries, m.terminations)

@@ -10,6 +10,7 @@
 //	                       completes again; the event's message id records it once
 //	undecodable command  → Term with reason (poison), and a failed event when it names a job
 //	job cancelled        → step event "failed" with code cancelled, Term
+//	attempt superseded   → Term without running: the job record shows the attempt over
 //	shutdown             → stop fetching, let in-flight steps finish within DrainTimeout,
 //	                       then Nak what is left so another replica takes it at once
 //
@@ -68,6 +69,7 @@ type Runner struct {
 	// heard: from then on the service takes work.
 	Ready func()
 
+	jobs     jetstream.KeyValue // job records, read to skip superseded commands
 	mu       sync.Mutex
 	inflight map[string]map[*inflightStep]struct{} // by job id
 
@@ -116,6 +118,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if r.jobs, err = bus.WaitKeyValue(ctx, r.JS, contracts.BucketJobs); err != nil {
+		return err
+	}
 	sub, err := r.NC.Subscribe(contracts.SubjectCancelSignalAll, r.onCancelSignal)
 	if err != nil {
 		return fmt.Errorf("subscribing to cancel signals: %w", err)
@@ -159,7 +164,10 @@ func (r *Runner) Run(ctx context.Context) error {
 			}()
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+			// "No responders" comes back at once while the consumer elects a leader:
+			// without a pause this loop spun (ten thousand warnings in a second).
 			r.Log.Warn("fetch batch", "error", err)
+			sleep(ctx, 250*time.Millisecond)
 		}
 	}
 
@@ -257,6 +265,12 @@ func (r *Runner) handle(work context.Context, msg jetstream.Msg) {
 		_ = msg.TermWithReason(reason)
 		return
 	}
+	if why := r.superseded(work, cmd); why != "" {
+		log.Info("command superseded; not started", "reason", why)
+		r.Metrics.terminated(string(cmd.Op), "superseded")
+		_ = msg.TermWithReason(why)
+		return
+	}
 	if !cmd.Deadline.IsZero() && time.Now().After(cmd.Deadline) {
 		log.Warn("command arrived after its deadline; not started", "deadline", cmd.Deadline)
 		r.Metrics.terminated(string(cmd.Op), "expired")
@@ -311,6 +325,36 @@ func (r *Runner) handle(work context.Context, msg jetstream.Msg) {
 			_ = msg.NakWithDelay(r.RetryDelay)
 		}
 	}
+}
+
+// superseded says why cmd must not run when the job record shows its attempt over:
+// the step ended or a later attempt took its place. It happens when an ack is lost
+// (the consumer's leader died with it) and the command comes back after its job went
+// on, maybe ended: run again, a connect would open a session nobody closes and a pull
+// would fill staging already removed. The orchestrator stores the step as running
+// before it publishes the command, and a record only moves forward, so a replica
+// that lags can only make this say "run"; so does a record that cannot be read.
+func (r *Runner) superseded(ctx context.Context, cmd contracts.StepCommand) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	e, err := r.jobs.Get(ctx, cmd.JobID)
+	if err != nil {
+		return ""
+	}
+	var j contracts.Job
+	if json.Unmarshal(e.Value(), &j) != nil {
+		return ""
+	}
+	for _, s := range j.Steps {
+		switch {
+		case s.Name != cmd.Step:
+		case s.Attempt > cmd.Attempt:
+			return fmt.Sprintf("attempt %d of step %s was superseded by attempt %d", cmd.Attempt, cmd.Step, s.Attempt)
+		case s.Attempt == cmd.Attempt && s.State != contracts.StepRunning:
+			return fmt.Sprintf("attempt %d of step %s already ended (%s)", cmd.Attempt, cmd.Step, s.State)
+		}
+	}
+	return ""
 }
 
 type jobIDKey struct{}

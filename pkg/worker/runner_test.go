@@ -394,3 +394,64 @@ func TestHandlerRoutesTypedOps(t *testing.T) {
 		t.Fatalf("unknown op: %v", err)
 	}
 }
+
+// TestSupersededCommandIsNotRun: a command whose attempt the job record shows over
+// (a lost ack brought it back after the job went on) is terminated without running
+// and without an event; one the record does not rule out runs, whether the record is
+// current, behind (a lagging replica) or missing.
+func TestSupersededCommandIsNotRun(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	jobs, err := bus.WaitKeyValue(ctx, f.js, contracts.BucketJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func(job string, state contracts.StepState, attempt int) {
+		j := contracts.Job{Schema: contracts.SchemaJob, ID: job, State: contracts.JobRunning, Steps: []contracts.Step{
+			{Name: "connect", State: contracts.StepDone, Attempt: 1},
+			{Name: "push", State: state, Attempt: attempt},
+		}}
+		data, err := json.Marshal(j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := jobs.Put(ctx, job, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record("j-ended", contracts.StepDone, 1)
+	record("j-retried", contracts.StepRunning, 2)
+	record("j-waiting", contracts.StepWaiting, 1)
+	record("j-current", contracts.StepRunning, 1)
+	record("j-behind", contracts.StepPending, 0)
+
+	var mu sync.Mutex
+	ran := map[string]bool{}
+	f.start(func(ctx context.Context, cmd contracts.StepCommand) (Result, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		ran[cmd.JobID] = true
+		return Result{}, nil
+	})
+	for _, job := range []string{"j-ended", "j-retried", "j-waiting", "j-current", "j-behind", "j-unknown"} {
+		f.send(job, "push", 1, time.Minute)
+	}
+	waitFor(t, "every command ended", 5*time.Second, func() bool { return f.pendingCommands() == 0 })
+	for _, job := range []string{"j-current", "j-behind", "j-unknown"} {
+		if evs := f.events(job, 1, 5*time.Second); len(evs) != 1 || evs[0].Kind != contracts.StepSucceeded {
+			t.Errorf("%s: events %+v, want the step run once", job, evs)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // past AckWait: a terminated command does not return
+	mu.Lock()
+	defer mu.Unlock()
+	for _, job := range []string{"j-ended", "j-retried", "j-waiting"} {
+		if ran[job] {
+			t.Errorf("%s: the superseded command ran", job)
+		}
+		if evs := f.readEvents(job); len(evs) != 0 {
+			t.Errorf("%s: events %+v for a superseded command", job, evs)
+		}
+	}
+}

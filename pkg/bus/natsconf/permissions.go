@@ -187,11 +187,13 @@ func (b *builder) never() {
 	b.denyPub(jsAPI+"STREAM.DELETE.>", jsAPI+"STREAM.PURGE.>")
 }
 
-// worker is what every worker service does: pull its commands, report step events
-// and progress, hear cancel signals, answer /healthz.
+// worker is what every worker service does: pull its commands, read job records
+// (a command whose attempt is over is not run), report step events and progress,
+// hear cancel signals, answer /healthz.
 func (b *builder) worker(s contracts.Service) {
 	b.health()
 	b.pull(contracts.StreamCommands, contracts.ConsumerName(s))
+	b.kvRead(contracts.BucketJobs)
 	b.pub(contracts.StepEventSubject("*"), contracts.ProgressSubject("*"))
 	b.sub(contracts.SubjectCancelSignalAll)
 	b.inbox(string(s))
@@ -221,9 +223,9 @@ func dedupe(l []string) []string {
 func Users() []User {
 	return []User{
 		{Name: string(contracts.ServiceOrchestrator), About: "provisions the bus, runs jobs, serves the job API", Perms: orchestrator()},
-		{Name: string(contracts.ServiceConnector), About: "connect/tunnel/close: leases (read, write), hosts (read, pin keys)", Perms: connector()},
-		{Name: string(contracts.ServiceTransfer), About: "moves bytes under leases: leases and hosts read-only", Perms: transfer()},
-		{Name: string(contracts.ServiceArchiver), About: "archives and dumps in staging: no bucket at all", Perms: archiver()},
+		{Name: string(contracts.ServiceConnector), About: "connect/tunnel/close: leases (read, write), hosts (read, pin keys), jobs (read)", Perms: connector()},
+		{Name: string(contracts.ServiceTransfer), About: "moves bytes under leases: leases, hosts and jobs read-only", Perms: transfer()},
+		{Name: string(contracts.ServiceArchiver), About: "archives and dumps in staging: job records read-only, no other bucket", Perms: archiver()},
 		{Name: string(contracts.ServiceCleanup), About: "staging and retention: leases, hosts and jobs read-only", Perms: cleanup()},
 		{Name: UserHelpdesk, About: "the helpdesk system: submits jobs, reads job events", Perms: helpdesk()},
 		{Name: UserAdmin, About: "the operator's ferry CLI: host inventory, job API, watching jobs", Perms: admin()},
@@ -308,7 +310,8 @@ func transfer() Permissions {
 func archiver() Permissions {
 	var b builder
 	// Works in staging and reaches databases through the connector's tunnels, whose
-	// address comes in the command: it needs no bucket.
+	// address comes in the command: it needs no bucket but the job records every
+	// worker reads.
 	b.worker(contracts.ServiceArchiver)
 	return b.done()
 }
