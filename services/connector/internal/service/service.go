@@ -269,6 +269,17 @@ func (c *Connector) Close(ctx context.Context, _ contracts.CloseArgs) (CloseResu
 	if err != nil {
 		return CloseResult{}, err
 	}
+	// Tunnels and connections this replica holds for the job, lease or not (an expired
+	// lease may already be gone from the bucket), are closed here before the leases
+	// go: a revocation closes them too, but in the watcher's goroutine, which may
+	// still be at it when the step ends and the job is reported finished.
+	keys := c.keysOfJob(job)
+	for _, ls := range leases {
+		keys = append(keys, contracts.LeaseKey(job, ls.Host))
+	}
+	for _, key := range keys {
+		c.drop(key)
+	}
 	var res CloseResult
 	for _, ls := range leases {
 		if err := c.dialer.Leases.Delete(ctx, job, ls.Host); err != nil {
@@ -276,11 +287,6 @@ func (c *Connector) Close(ctx context.Context, _ contracts.CloseArgs) (CloseResu
 		}
 		res.Sessions++
 		res.Tunnels += len(ls.Tunnels)
-	}
-	// Tunnels and connections this replica holds for the job, lease or not (an expired
-	// lease may already be gone from the bucket).
-	for _, key := range c.keysOfJob(job) {
-		c.drop(key)
 	}
 	logctx.From(ctx).Info("sessions closed", "sessions", res.Sessions, "tunnels", res.Tunnels)
 	return res, nil
