@@ -256,7 +256,8 @@ func TestAgainstFakeAPI(t *testing.T) {
 	env := map[string]string{"FERRY_NATS_URL": srv.URL}
 
 	t.Run("no API", func(t *testing.T) {
-		r := ferry(t, env, "job", "get", "job-42")
+		// request asks again until --timeout: keep that short.
+		r := ferry(t, env, "job", "get", "job-42", "--timeout", "1s")
 		if r.code != exitFail || !strings.Contains(r.stderr, "no ferry API answers") {
 			t.Errorf("exit %d, stderr %q", r.code, r.stderr)
 		}

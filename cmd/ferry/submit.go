@@ -45,7 +45,7 @@ func (a *app) submit(cmd *cobra.Command, s *submitFlags, req contracts.JobReques
 		return err
 	}
 	defer nc.Close()
-	rep, err := request[contracts.SubmitReply](ctx, a, nc, contracts.SubjectAPISubmit, req, req.ID)
+	rep, reached, err := requestRetrying[contracts.SubmitReply](ctx, a, nc, contracts.SubjectAPISubmit, req, req.ID)
 	if err != nil {
 		return err
 	}
@@ -59,12 +59,23 @@ func (a *app) submit(cmd *cobra.Command, s *submitFlags, req contracts.JobReques
 		fmt.Fprintln(a.stdout, rep.JobID)
 	}
 	if rep.Duplicate {
-		fmt.Fprintf(a.stderr, "ferry: job %s existed already; nothing new was submitted\n", rep.JobID)
+		a.reportDuplicate(rep.JobID, reached)
 	}
 	if !s.wait {
 		return nil
 	}
 	return a.watch(ctx, nc, rep.JobID, s.waitTimeout)
+}
+
+// reportDuplicate tells the operator that the API knew job id already. Only when no
+// earlier attempt of this command may have reached the API is that certainly an old
+// job; after a lost or "unavailable" answer the earlier attempt may have submitted it.
+func (a *app) reportDuplicate(id string, reached bool) {
+	if !reached {
+		fmt.Fprintf(a.stderr, "ferry: job %s existed already; nothing new was submitted\n", id)
+		return
+	}
+	fmt.Fprintf(a.stderr, "ferry: job %s is submitted (a repeated request found it: an unanswered try got through, or it existed already)\n", id)
 }
 
 func (a *app) updateCommand() *cobra.Command {
