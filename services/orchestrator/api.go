@@ -61,7 +61,7 @@ func (a *api) submit(r micro.Request) {
 		respond(r, contracts.SubmitReply{Error: invalid(err)})
 		return
 	}
-	if _, _, err := a.e.store.get(ctx, req.ID); err == nil {
+	if known(ctx, a.e.store, req.ID) {
 		respond(r, contracts.SubmitReply{JobID: req.ID, Duplicate: true})
 		return
 	}
@@ -77,6 +77,16 @@ func (a *api) submit(r micro.Request) {
 		return
 	}
 	respond(r, contracts.SubmitReply{JobID: req.ID, Duplicate: ack.Duplicate})
+}
+
+// known reports whether a record of job id exists. The look is short: the publish
+// that follows deduplicates by the id anyway, and a store riding out an election must
+// not spend the whole budget the publish needs.
+func known(ctx context.Context, s *store, id string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, _, err := s.get(ctx, id)
+	return err == nil
 }
 
 func (a *api) get(r micro.Request) {
