@@ -661,9 +661,10 @@ func checkFiles(b *testing.B, dir string, want int) {
 	}
 }
 
-// cpuMeter samples the machine's busy CPU time (see machineBusy) every 20 ms from its start until stop, so that a run's CPU time, and that of
-// each of a job's steps, can be printed beside the wall time: on a machine of few
-// cores the work a run costs decides its wall time as much as its overlap does.
+// cpuMeter samples the machine's busy CPU time (see machineBusy) every 20 ms from its
+// start until stop, so that a run's CPU time, and that of each of a job's steps, can
+// be printed beside the wall time: on a machine of few cores the work a run costs
+// decides its wall time as much as its overlap does.
 type cpuMeter struct {
 	mu      sync.Mutex
 	samples []cpuSample
