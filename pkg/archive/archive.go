@@ -52,6 +52,7 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 )
@@ -333,13 +334,14 @@ func writeFile(ctx context.Context, src *os.Root, tw *tar.Writer, e entry, buf [
 		return contracts.ManifestFile{}, fmt.Errorf("archive: %s: %w", e.path, err)
 	}
 	h := sha256.New()
+	rd := staging.NewReadOnce(f, 0) // read once: its pages are dropped behind (see pkg/staging)
 	var n int64
 	for n < e.size {
 		if err := ctx.Err(); err != nil {
 			return contracts.ManifestFile{}, err
 		}
 		chunk := buf[:min(int64(len(buf)), e.size-n)]
-		m, err := io.ReadFull(f, chunk)
+		m, err := io.ReadFull(rd, chunk)
 		if m > 0 {
 			h.Write(chunk[:m])
 			if _, werr := tw.Write(chunk[:m]); werr != nil {

@@ -236,7 +236,8 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		if _, err := in.Seek(offset, io.SeekStart); err != nil {
 			return c.pathErr("seek", f.remote, err)
 		}
-		w := &limitWriter{w: &countingWriter{w: staging.NewWriteBehind(out, offset), prog: prog, sent: sent}, n: f.size - offset}
+		wb := staging.NewWriteBehind(out, offset)
+		w := &limitWriter{w: &countingWriter{w: wb, prog: prog, sent: sent}, n: f.size - offset}
 		// The source's WriteTo keeps pkg/sftp's concurrent reads; the limit captures a
 		// growing file up to its listed size.
 		if _, err := in.WriteTo(w); err != nil && !errors.Is(err, errLimit) {
@@ -248,6 +249,9 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		}
 		if w.n > 0 {
 			return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, f.size-w.n, f.size)
+		}
+		if err := wb.Done(); err != nil {
+			return fmt.Errorf("staging: %w", err)
 		}
 	}
 	if err := out.Close(); err != nil {

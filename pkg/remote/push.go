@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/pkg/sftp"
 )
 
@@ -258,13 +259,14 @@ func (c *Conn) verify(ctx context.Context, p string, size int64, sum string) err
 func sendFrom(out *sftp.File, local *os.File, offset, size int64, fol *follower, prog *Progress, sent *atomic.Int64) (int64, error) {
 	if fol == nil {
 		// sizedReader tells ReadFrom how much remains: it keeps the concurrent writes.
-		return out.ReadFrom(&sizedReader{r: local, size: size - offset, prog: prog, sent: sent})
+		return out.ReadFrom(&sizedReader{r: staging.NewReadOnce(local, offset), size: size - offset, prog: prog, sent: sent})
 	}
+	rd := staging.NewReadOnce(local, offset)
 	fol.feed(offset)
 	var n int64
 	for pos := offset; pos < size; {
 		seg := min(followSegment, size-pos)
-		m, err := out.ReadFrom(&sizedReader{r: io.LimitReader(local, seg), size: seg, prog: prog, sent: sent})
+		m, err := out.ReadFrom(&sizedReader{r: io.LimitReader(rd, seg), size: seg, prog: prog, sent: sent})
 		n += m
 		pos += m
 		if err != nil || m < seg {

@@ -1,6 +1,7 @@
 package staging
 
 import (
+	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -12,33 +13,117 @@ import (
 // way, large files start their writeback every writeBehindChunk bytes (WriteBehind),
 // so that the final flush finds little left to wait for: writing 1 GiB then flushing
 // took 0.19 s + 0.41 s, with write-behind 0.38 s + 0.01 s.
+//
+// Staged bulk data is written once and read once, by the next step. Its pages are
+// dropped from the page cache once written back (WriteBehind) and once read
+// (ReadOnce), so that a job moving gigabytes keeps a few tens of MiB of the helpdesk's
+// memory instead of evicting everything else the server caches, and new pages are
+// taken from those just freed rather than fresh memory. Measured on a 2-core VM
+// (Firecracker, memory returned to the host): writing 1 GiB of new file took 2.2 s of
+// CPU, with drop-behind 0.27 s; reading it back cold 1.3 s of CPU, with drop-behind
+// 0.06 s (disk 2.5 GB/s write, 1.5 GB/s read). The cost: the next step reads from the
+// disk, not the cache.
 
 // writeBehindChunk is how much of a staged file is written before its writeback is
 // started.
 const writeBehindChunk = 8 << 20
 
-// WriteBehind writes to a file in order and queues each writeBehindChunk written for
-// the disk (sync_file_range SYNC_FILE_RANGE_WRITE: it starts the I/O and returns).
+// dropBehindLag is how far behind the write position written pages are waited for
+// and dropped: by then their writeback, started a few chunks earlier, is done.
+const dropBehindLag = 4 * writeBehindChunk
+
+// WriteBehind writes to a file in order, queues each writeBehindChunk written for the
+// disk (sync_file_range SYNC_FILE_RANGE_WRITE: it starts the I/O and returns), and
+// drops from the page cache what is dropBehindLag behind, once on the disk.
 type WriteBehind struct {
-	f      *os.File
-	queued int64 // offset up to which writeback was started
-	pos    int64
+	f       *os.File
+	start   int64 // offset writing started at
+	dropped int64 // offset up to which pages were dropped
+	queued  int64 // offset up to which writeback was started
+	pos     int64
 }
 
 // NewWriteBehind writes to f from offset, f's current position.
 func NewWriteBehind(f *os.File, offset int64) *WriteBehind {
-	return &WriteBehind{f: f, queued: offset, pos: offset}
+	return &WriteBehind{f: f, start: offset, dropped: offset, queued: offset, pos: offset}
 }
 
 func (w *WriteBehind) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.pos += int64(n)
-	if w.pos-w.queued >= writeBehindChunk {
-		// Only a hint: the flush at the end of the step is what counts.
-		_ = unix.SyncFileRange(int(w.f.Fd()), w.queued, w.pos-w.queued, unix.SYNC_FILE_RANGE_WRITE)
-		w.queued = w.pos
+	if err != nil || w.pos-w.queued < writeBehindChunk {
+		return n, err
+	}
+	fd := int(w.f.Fd())
+	// Starting the writeback is a hint: the flush at the end of the step is what
+	// counts.
+	_ = unix.SyncFileRange(fd, w.queued, w.pos-w.queued, unix.SYNC_FILE_RANGE_WRITE)
+	w.queued = w.pos
+	if end := w.queued - dropBehindLag; end > w.dropped {
+		// Waiting for the writeback reports its error to this file only once: the
+		// fsync at the end would not see it again, so it fails the write here.
+		if err := unix.SyncFileRange(fd, w.dropped, end-w.dropped,
+			unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
+			return n, &os.PathError{Op: "sync_file_range", Path: w.f.Name(), Err: err}
+		}
+		dropPages(fd, w.start, end)
+		w.dropped = end
+	}
+	return n, nil
+}
+
+// Done waits for the writeback of everything written and drops it from the page
+// cache: for a file complete before it reaches dropBehindLag (most files), the
+// writer would otherwise drop nothing. It does not make the file durable: metadata
+// and the directory entry wait for the step's flush.
+func (w *WriteBehind) Done() error {
+	if w.pos <= w.dropped {
+		return nil
+	}
+	fd := int(w.f.Fd())
+	if err := unix.SyncFileRange(fd, w.dropped, w.pos-w.dropped,
+		unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
+		return &os.PathError{Op: "sync_file_range", Path: w.f.Name(), Err: err}
+	}
+	dropPages(fd, w.start, w.pos)
+	w.dropped = w.pos
+	return nil
+}
+
+// readOnceChunk is how much is read before the pages read are dropped.
+const readOnceChunk = 8 << 20
+
+// ReadOnce reads a file in order, dropping from the page cache the pages it has read
+// every readOnceChunk: for staged data that is read once (see above). Dirty pages are
+// left alone by the kernel, so it never costs a write.
+type ReadOnce struct {
+	f       *os.File
+	start   int64
+	dropped int64
+	pos     int64
+}
+
+// NewReadOnce reads f from offset, f's current position.
+func NewReadOnce(f *os.File, offset int64) *ReadOnce {
+	return &ReadOnce{f: f, start: offset, dropped: offset, pos: offset}
+}
+
+func (r *ReadOnce) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	r.pos += int64(n)
+	if r.pos-r.dropped >= readOnceChunk || (err == io.EOF && r.pos > r.dropped) {
+		dropPages(int(r.f.Fd()), r.start, r.pos)
+		r.dropped = r.pos
 	}
 	return n, err
+}
+
+// dropPages drops the clean pages of fd from start to end from the page cache. The
+// kernel drops only folios wholly inside the range, and a large folio (up to a few
+// MiB) may straddle where an earlier call ended: so every call starts again at start;
+// what was dropped before costs only a look-up.
+func dropPages(fd int, start, end int64) {
+	_ = unix.Fadvise(fd, start, end-start, unix.FADV_DONTNEED)
 }
 
 // Flush writes everything in dir's file system to stable storage (syncfs), files
