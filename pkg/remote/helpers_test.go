@@ -184,3 +184,30 @@ func checkFlushed(t *testing.T, dir string, files int) {
 		t.Fatalf("%d files below %s, want %d", n, dir, files)
 	}
 }
+
+// cachedBytes is how much of the file p is in the page cache (cachestat(2)); the test
+// is skipped without it, or on a tmpfs (which never drops a page).
+func cachedBytes(t *testing.T, p string) int64 {
+	t.Helper()
+	var fs unix.Statfs_t
+	if err := unix.Statfs(p, &fs); err != nil {
+		t.Fatal(err)
+	}
+	if fs.Type == unix.TMPFS_MAGIC {
+		t.Skip("a tmpfs: its pages are never dropped")
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st unix.Cachestat_t
+	err = unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &st, 0)
+	if errors.Is(err, unix.ENOSYS) {
+		t.Skip("no cachestat(2) on this kernel")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Cache) * int64(os.Getpagesize())
+}

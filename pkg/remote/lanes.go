@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/pkg/sftp"
 )
 
@@ -112,21 +113,31 @@ func (c *Conn) pullLanes(ctx context.Context, f pullFile, out *os.File, offset i
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
-		next  atomic.Int64 // the next piece to read
-		mu    sync.Mutex
-		whole = make([]bool, pieces)
-		wg    sync.WaitGroup
+		next     atomic.Int64 // the next piece to read
+		mu       sync.Mutex
+		whole    = make([]bool, pieces)
+		complete int64 // pieces whole from the first on
+		wg       sync.WaitGroup
 	)
+	drop := staging.NewDropBehind(out, offset) // see pkg/staging: staged data is read once
 	for _, lane := range lanes[:min(int64(len(lanes)), pieces)] {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := c.readPieces(ctx, lane, f, out, offset, pieces, &next, func(i int64, n int64) {
+			if err := c.readPieces(ctx, lane, f, out, offset, pieces, &next, func(i int64, n int64) error {
 				mu.Lock()
 				whole[i] = true
+				for complete < pieces && whole[complete] {
+					complete++
+				}
+				prefix := min(f.size, offset+complete*laneChunk)
 				mu.Unlock()
 				prog.add(n)
 				sent.Add(n)
+				if err := drop.Advance(prefix); err != nil {
+					return fmt.Errorf("staging: %w", err)
+				}
+				return nil
 			}); err != nil {
 				cancel(err)
 			}
@@ -135,12 +146,12 @@ func (c *Conn) pullLanes(ctx context.Context, f pullFile, out *os.File, offset i
 	wg.Wait()
 	err := context.Cause(ctx)
 	if err == nil {
+		if err := drop.Done(f.size); err != nil {
+			return fmt.Errorf("staging: %w", err)
+		}
 		return nil
 	}
-	prefix := offset
-	for i := int64(0); i < pieces && whole[i]; i++ {
-		prefix = min(f.size, prefix+laneChunk)
-	}
+	prefix := min(f.size, offset+complete*laneChunk)
 	if terr := out.Truncate(prefix); terr != nil {
 		return errors.Join(err, fmt.Errorf("staging: %w", terr))
 	}
@@ -148,7 +159,7 @@ func (c *Conn) pullLanes(ctx context.Context, f pullFile, out *os.File, offset i
 }
 
 // readPieces is one lane of pullLanes: it reads pieces until none is left.
-func (c *Conn) readPieces(ctx context.Context, lane *sftp.Client, f pullFile, out *os.File, offset, pieces int64, next *atomic.Int64, done func(i, n int64)) error {
+func (c *Conn) readPieces(ctx context.Context, lane *sftp.Client, f pullFile, out *os.File, offset, pieces int64, next *atomic.Int64, done func(i, n int64) error) error {
 	in, err := lane.Open(f.remote)
 	if err != nil {
 		return c.pathErr("open", f.remote, err)
@@ -182,7 +193,9 @@ func (c *Conn) readPieces(ctx context.Context, lane *sftp.Client, f pullFile, ou
 		if _, err := out.WriteAt(buf[:n], at); err != nil {
 			return fmt.Errorf("staging: %w", err)
 		}
-		done(i, n)
+		if err := done(i, n); err != nil {
+			return err
+		}
 	}
 }
 

@@ -42,6 +42,9 @@ func TestPullLanes(t *testing.T) {
 	if res.Bytes != size || res.Sent != size {
 		t.Errorf("pulled %d bytes, sent %d, want %d", res.Bytes, res.Sent, size)
 	}
+	if n := cachedBytes(t, filepath.Join(into, "big.bin")); n != 0 { // dropped once on the disk
+		t.Errorf("%d bytes of the staged file are cached, want none", n)
+	}
 	if got, want := fileSHA(t, filepath.Join(into, "big.bin")), fileSHA(t, src); got != want {
 		t.Fatalf("pulled SHA-256 %s, want %s", got, want)
 	}

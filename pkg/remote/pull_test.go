@@ -185,6 +185,10 @@ func TestPullFlushesStaging(t *testing.T) {
 		t.Fatalf("pulled %d files, want 41", res.Files)
 	}
 	checkFlushed(t, into, 41)
+	// And read once by the next step: it is not left in the page cache either.
+	if n := cachedBytes(t, filepath.Join(into, "big.bin")); n != 0 {
+		t.Errorf("%d bytes of the staged big.bin are cached, want none", n)
+	}
 }
 
 // Large files, each holding its whole window of request buffers, are pulled at most

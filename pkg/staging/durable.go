@@ -3,6 +3,7 @@ package staging
 import (
 	"io"
 	"os"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,16 +37,15 @@ const dropBehindLag = 4 * writeBehindChunk
 // disk (sync_file_range SYNC_FILE_RANGE_WRITE: it starts the I/O and returns), and
 // drops from the page cache what is dropBehindLag behind, once on the disk.
 type WriteBehind struct {
-	f       *os.File
-	start   int64 // offset writing started at
-	dropped int64 // offset up to which pages were dropped
-	queued  int64 // offset up to which writeback was started
-	pos     int64
+	f      *os.File
+	drop   *DropBehind
+	queued int64 // offset up to which writeback was started
+	pos    int64
 }
 
 // NewWriteBehind writes to f from offset, f's current position.
 func NewWriteBehind(f *os.File, offset int64) *WriteBehind {
-	return &WriteBehind{f: f, start: offset, dropped: offset, queued: offset, pos: offset}
+	return &WriteBehind{f: f, drop: NewDropBehind(f, offset), queued: offset, pos: offset}
 }
 
 func (w *WriteBehind) Write(p []byte) (int, error) {
@@ -54,39 +54,59 @@ func (w *WriteBehind) Write(p []byte) (int, error) {
 	if err != nil || w.pos-w.queued < writeBehindChunk {
 		return n, err
 	}
-	fd := int(w.f.Fd())
 	// Starting the writeback is a hint: the flush at the end of the step is what
 	// counts.
-	_ = unix.SyncFileRange(fd, w.queued, w.pos-w.queued, unix.SYNC_FILE_RANGE_WRITE)
+	_ = unix.SyncFileRange(int(w.f.Fd()), w.queued, w.pos-w.queued, unix.SYNC_FILE_RANGE_WRITE)
 	w.queued = w.pos
-	if end := w.queued - dropBehindLag; end > w.dropped {
-		// Waiting for the writeback reports its error to this file only once: the
-		// fsync at the end would not see it again, so it fails the write here.
-		if err := unix.SyncFileRange(fd, w.dropped, end-w.dropped,
-			unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
-			return n, &os.PathError{Op: "sync_file_range", Path: w.f.Name(), Err: err}
-		}
-		dropPages(fd, w.start, end)
-		w.dropped = end
-	}
-	return n, nil
+	return n, w.drop.Advance(w.pos)
 }
 
 // Done waits for the writeback of everything written and drops it from the page
-// cache: for a file complete before it reaches dropBehindLag (most files), the
-// writer would otherwise drop nothing. It does not make the file durable: metadata
-// and the directory entry wait for the step's flush.
-func (w *WriteBehind) Done() error {
-	if w.pos <= w.dropped {
+// cache (see DropBehind.Done).
+func (w *WriteBehind) Done() error { return w.drop.Done(w.pos) }
+
+// DropBehind drops the pages of a file being written from the page cache once they
+// are on the disk, dropBehindLag behind what is complete. A writer in order uses it
+// through WriteBehind; one that writes pieces at their places (several at once) tells
+// it the prefix that is complete. Safe for concurrent use.
+type DropBehind struct {
+	f       *os.File
+	mu      sync.Mutex
+	start   int64 // offset writing started at
+	dropped int64 // offset up to which pages were dropped
+}
+
+// NewDropBehind follows f, written from offset.
+func NewDropBehind(f *os.File, offset int64) *DropBehind {
+	return &DropBehind{f: f, start: offset, dropped: offset}
+}
+
+// Advance tells that f is complete up to prefix: what lies dropBehindLag behind it
+// is waited for and dropped. Waiting for the writeback reports its error to this file
+// only once (the fsync at the end would not see it again), so Advance returns it.
+func (d *DropBehind) Advance(prefix int64) error {
+	return d.dropTo(prefix - dropBehindLag)
+}
+
+// Done waits for the writeback of everything up to end and drops it: for a file
+// complete before it reaches dropBehindLag (most files), nothing would be dropped
+// otherwise. It does not make the file durable: its metadata and directory entry wait
+// for the step's flush.
+func (d *DropBehind) Done(end int64) error { return d.dropTo(end) }
+
+func (d *DropBehind) dropTo(end int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if end <= d.dropped {
 		return nil
 	}
-	fd := int(w.f.Fd())
-	if err := unix.SyncFileRange(fd, w.dropped, w.pos-w.dropped,
+	fd := int(d.f.Fd())
+	if err := unix.SyncFileRange(fd, d.dropped, end-d.dropped,
 		unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
-		return &os.PathError{Op: "sync_file_range", Path: w.f.Name(), Err: err}
+		return &os.PathError{Op: "sync_file_range", Path: d.f.Name(), Err: err}
 	}
-	dropPages(fd, w.start, w.pos)
-	w.dropped = w.pos
+	dropPages(fd, d.start, end)
+	d.dropped = end
 	return nil
 }
 
