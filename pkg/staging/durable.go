@@ -1,6 +1,7 @@
 package staging
 
 import (
+	"errors"
 	"io"
 	"os"
 	"sync"
@@ -74,6 +75,7 @@ type DropBehind struct {
 	mu      sync.Mutex
 	start   int64 // offset writing started at
 	dropped int64 // offset up to which pages were dropped
+	off     bool  // the file cannot be waited for here: nothing is dropped
 }
 
 // NewDropBehind follows f, written from offset.
@@ -97,12 +99,19 @@ func (d *DropBehind) Done(end int64) error { return d.dropTo(end) }
 func (d *DropBehind) dropTo(end int64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if end <= d.dropped {
+	if d.off || end <= d.dropped {
 		return nil
 	}
 	fd := int(d.f.Fd())
-	if err := unix.SyncFileRange(fd, d.dropped, end-d.dropped,
-		unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
+	err := unix.SyncFileRange(fd, d.dropped, end-d.dropped,
+		unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
+	switch {
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ESPIPE), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EOPNOTSUPP):
+		// Not a file this kernel or file system can wait for: the pages stay
+		// cached, and the step's flush does the rest.
+		d.off = true
+		return nil
+	case err != nil:
 		return &os.PathError{Op: "sync_file_range", Path: d.f.Name(), Err: err}
 	}
 	dropPages(fd, d.start, end)

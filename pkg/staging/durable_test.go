@@ -166,3 +166,33 @@ func cachestat(t *testing.T, f *os.File) cacheState {
 	page := int64(os.Getpagesize())
 	return cacheState{cached: int64(st.Cache) * page, dirty: int64(st.Dirty) * page}
 }
+
+// A file the kernel cannot wait for (here a pipe: ESPIPE) is written through
+// WriteBehind as through the file itself: nothing is dropped, nothing fails.
+func TestWriteBehindWhereItCannotWait(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, r)
+		got <- n
+	}()
+	const size = dropBehindLag + 3*writeBehindChunk
+	wb := NewWriteBehind(w, 0)
+	block := make([]byte, 1<<20)
+	for n := 0; n < size; n += len(block) {
+		if _, err := wb.Write(block); err != nil {
+			t.Fatalf("write at %d: %v", n, err)
+		}
+	}
+	if err := wb.Done(); err != nil {
+		t.Fatalf("Done: %v", err)
+	}
+	w.Close()
+	if n := <-got; n != size {
+		t.Fatalf("%d bytes came through, want %d", n, size)
+	}
+}
