@@ -142,37 +142,16 @@ func treeSums(t *testing.T, dir string) map[string]string {
 }
 
 // checkFlushed fails unless the files below dir (files of them, when files ≥ 0) have no
-// page that is dirty or under writeback: they are on stable storage. cachestat(2)
-// (Linux 6.5) counts the pages; the test is skipped without it, or on a tmpfs.
+// page that is dirty or under writeback: they are on stable storage.
 func checkFlushed(t *testing.T, dir string, files int) {
 	t.Helper()
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err != nil {
-		t.Fatal(err)
-	}
-	if fs.Type == unix.TMPFS_MAGIC {
-		t.Skip("a tmpfs: its pages are never written to a disk")
-	}
 	n := 0
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}
 		n++
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		var st unix.Cachestat_t
-		err = unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &st, 0) // length 0: the whole file
-		if errors.Is(err, unix.ENOSYS) {
-			t.Skip("no cachestat(2) on this kernel")
-		}
-		if err != nil {
-			return err
-		}
-		if st.Dirty+st.Writeback > 0 {
+		if st := cachestat(t, p); st.Dirty+st.Writeback > 0 {
 			t.Errorf("%s: %d pages dirty, %d under writeback", p, st.Dirty, st.Writeback)
 		}
 		return nil
@@ -185,16 +164,23 @@ func checkFlushed(t *testing.T, dir string, files int) {
 	}
 }
 
-// cachedBytes is how much of the file p is in the page cache (cachestat(2)); the test
-// is skipped without it, or on a tmpfs (which never drops a page).
+// cachedBytes is how much of the file p is in the page cache.
 func cachedBytes(t *testing.T, p string) int64 {
+	t.Helper()
+	return int64(cachestat(t, p).Cache) * int64(os.Getpagesize())
+}
+
+// cachestat reads the page-cache state of the file p (cachestat(2), Linux 6.5); the
+// test is skipped without it, or on a tmpfs (its pages are never written to a disk
+// nor dropped).
+func cachestat(t *testing.T, p string) unix.Cachestat_t {
 	t.Helper()
 	var fs unix.Statfs_t
 	if err := unix.Statfs(p, &fs); err != nil {
 		t.Fatal(err)
 	}
 	if fs.Type == unix.TMPFS_MAGIC {
-		t.Skip("a tmpfs: its pages are never dropped")
+		t.Skip("a tmpfs: its pages are never written to a disk nor dropped")
 	}
 	f, err := os.Open(p)
 	if err != nil {
@@ -202,12 +188,12 @@ func cachedBytes(t *testing.T, p string) int64 {
 	}
 	defer f.Close()
 	var st unix.Cachestat_t
-	err = unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &st, 0)
+	err = unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &st, 0) // length 0: the whole file
 	if errors.Is(err, unix.ENOSYS) {
 		t.Skip("no cachestat(2) on this kernel")
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	return int64(st.Cache) * int64(os.Getpagesize())
+	return st
 }
