@@ -345,7 +345,9 @@ func (s *Server) ConnectionPIDs() []int { return descendants(s.PID()) }
 // snapshot and the signal, and once its parent is killed the orphan is no longer
 // below sshd at all. So the tree is first frozen with SIGSTOP, snapshot after
 // snapshot until no new process appears (a stopped process forks nothing more),
-// and only then sent sig.
+// and only then sent sig. A process is only known to be stopped once /proc says so:
+// SIGSTOP takes effect on the way back to user space, so a fork under way when it
+// was sent still completes, and its child appears after kill has returned.
 func (s *Server) SignalConnections(sig syscall.Signal) int {
 	var pids []int
 	stopped := map[int]bool{}
@@ -360,6 +362,9 @@ func (s *Server) SignalConnections(sig syscall.Signal) int {
 		}
 		if len(pids) == n {
 			break
+		}
+		for _, pid := range pids[n:] {
+			waitStopped(pid)
 		}
 	}
 	if sig != syscall.SIGSTOP {
@@ -383,6 +388,30 @@ func (s *Server) Authorize(key ssh.PublicKey) {
 	if _, err := f.WriteString(authorizedKey(key) + "\n"); err != nil {
 		s.t.Fatalf("sshtest: %v", err)
 	}
+}
+
+// waitStopped waits (up to a few seconds) until pid is stopped, a zombie or gone.
+func waitStopped(pid int) {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		switch procState(pid) {
+		case 'T', 't', 'Z', 'X', 0:
+			return
+		}
+	}
+}
+
+// procState returns the state letter of pid from /proc/pid/stat, 0 if it is gone.
+func procState(pid int) byte {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0
+	}
+	// "pid (comm) state ppid ...": comm may contain spaces and parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return 0
+	}
+	return stat[i+2]
 }
 
 // descendants lists the processes below pid, read from /proc.
