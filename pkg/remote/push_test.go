@@ -271,6 +271,35 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 // A landed file is flushed to the host's disk before it is renamed into place, and its
 // directory after, so that a power loss of the host cannot leave a torn file under its
 // final name. sftp-server's own log shows the order of the operations.
+// A file pushed with a follower leaves the host's page cache as it found it: what
+// landed was flushed and dropped behind the hash.
+func TestPutDropsLandedPagesOnTheHost(t *testing.T) {
+	min, seg := followMin, followSegment
+	followMin, followSegment = 1<<20, 4<<20
+	t.Cleanup(func() { followMin, followSegment = min, seg })
+	e := newEnv(t, sshtest.Options{})
+	dest := filepath.Join(e.dir, "dest")
+	if err := os.Mkdir(dest, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.chown(dest)
+	local := filepath.Join(t.TempDir(), "update.tar.zst")
+	write(t, local, 40<<20)
+	u := upload(t, local, dest, "update.tar.zst", "job1")
+	var sent atomic.Int64
+	if err := e.open(Options{}).Put(context.Background(), u, nil, &sent); err != nil {
+		t.Fatal(err)
+	}
+	final := filepath.Join(dest, u.Name)
+	checkFlushed(t, dest, 1)
+	if n := cachedBytes(t, final); n > 1<<20 {
+		t.Errorf("%d bytes of the 40 MiB landed are still in the host's page cache", n)
+	}
+	if got := fileSHA(t, final); got != u.SHA256 { // (reads it into the cache again)
+		t.Fatalf("landed sha %s, want %s", got, u.SHA256)
+	}
+}
+
 func TestPutFlushesBeforeRename(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
