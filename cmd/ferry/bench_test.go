@@ -313,9 +313,8 @@ func BenchmarkOpenSSHUpdate1GiB(b *testing.B) {
 	}
 	defer stopTransfer()
 
-	// Ferry's job and the two scp hops take benchTurns turns each, alternating (see
-	// alternate): what one side deletes at its end is memory the other's first writes
-	// find at hand, so a single run of each would favour whichever goes second.
+	// Ferry's job and the two scp hops take benchTurns turns each, alternating, each
+	// turn settled first (see alternate and settle).
 	type ferryTurn struct {
 		job      *contracts.Job
 		meter    *cpuMeter
@@ -570,15 +569,35 @@ func timeIt(f func()) time.Duration {
 const benchTurns = 3
 
 // alternate runs ferry and ref in turns, n times each, ferry first, and returns their
-// times. A single run of either side varies by up to 2× on this machine (the first
-// turn is often the slowest: memory the VM gave back to its host is slow to touch
-// again), so one-hop figures compare the medians of alternating turns.
+// times; every turn starts settled (see settle). A single run of either side varies
+// by up to 2× on this machine, so the figures compare the medians of the turns.
 func alternate(n int, ferry, ref func() time.Duration) (ferryRuns, refRuns []time.Duration) {
 	for range n {
+		settle()
 		ferryRuns = append(ferryRuns, ferry())
+		settle()
 		refRuns = append(refRuns, ref())
 	}
 	return ferryRuns, refRuns
+}
+
+// settleFor is how long a turn waits, caches dropped, before it starts: longer than
+// the guest's free page reporting waits (2 s) before it hands free memory back to
+// the host.
+const settleFor = 3 * time.Second
+
+// settle puts the machine in the same state before every turn. On this VM a page is
+// cheap to fill when it was freed a moment ago and several times dearer once the
+// guest has reported it free to the host (virtio-balloon free page reporting): a turn
+// that follows one which freed a gigabyte runs on warm pages, one that follows a turn
+// which dropped its pages as it went (ferry's staging and pushes do) on cold ones.
+// So each turn starts after dirty pages are flushed, the page cache is dropped (as
+// root; else it stays) and the freed memory has been reported: every side starts with
+// no warm page at hand but those it frees itself.
+func settle() {
+	syscall.Sync()
+	_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0)
+	time.Sleep(settleFor)
 }
 
 // median returns the middle of ds (the upper middle of an even count).
