@@ -22,7 +22,7 @@ import (
 // the staging does here (pkg/staging): a pushed GiB does not push a GiB of the
 // customer's own cache out of memory, and the host's next writes take the pages just
 // freed instead of new ones. On this project's 2-core VM the host's writes into new
-// pages cost 1.3-1.9 s of CPU per GiB, as much as all the rest of the host's work.
+// pages cost 1.5-1.9 s of CPU per GiB in the update benchmark (perf), before this.
 var (
 	followMin     int64 = 64 << 20 // smaller files are hashed after the upload
 	followSegment int64 = 32 << 20 // (variables: the tests make them small)
@@ -31,13 +31,13 @@ var (
 // follower hashes a remote file on the host while it is written, in the order the
 // caller acknowledges its prefixes: one exec session running
 //
-//	exec 3<FILE; { while read n; do head -c "$n" <&3; { sync -d FILE; DROP FILE; } & done; wait; } | HASH
+//	exec 3<FILE; { while read n; do head -c "$n" <&3; { sync -d FILE; DROP SPAN; } & done; wait; DROP FILE; } | HASH
 //
 // fed the length of each newly acknowledged span on its standard input. DROP is GNU
-// dd's "iflag=nocache count=0": it drops the file's clean pages, written and flushed
-// (a page the hash has yet to read is then read from the disk: slower, as correct).
-// Both fail quietly where the host's tools lack them. The final wait makes the sum
-// come after the last drop.
+// dd with iflag=nocache: for a span it reads the span once more (from the cache, just
+// hashed) and drops it; for the file (count=0) it drops every clean page without
+// reading. sync and dd fail quietly where the host's tools lack them. The sum comes
+// after the last drop.
 type follower struct {
 	s      *ssh.Session
 	stdin  io.WriteCloser
@@ -68,7 +68,11 @@ func (c *Conn) follow(ctx context.Context, p string) *follower {
 	// ≥ 8.20).
 	q := Quote(p)
 	behind := `{ sync -d -- ` + q + ` && dd if=` + q + ` of=/dev/null bs=1M iflag=nocache,skip_bytes,count_bytes skip="$o" count="$n" status=none; } >/dev/null 2>&1 & o=$((o+n));`
-	cmd := "exec 3< " + q + ` && { o=0; while read -r n; do head -c "$n" <&3 || exit 1; ` + behind + ` done; wait; } | ` + c.hashStdin
+	// At the end (the file flushed by then: sum comes after Put's fsync) one drop of
+	// the whole file takes what the spans' drops left, such as a large folio
+	// straddling two spans.
+	last := `dd if=` + q + ` iflag=nocache count=0 status=none >/dev/null 2>&1;`
+	cmd := "exec 3< " + q + ` && { o=0; while read -r n; do head -c "$n" <&3 || exit 1; ` + behind + ` done; wait; ` + last + ` } | ` + c.hashStdin
 	if err := s.Start(cmd); err != nil {
 		s.Close()
 		return nil
