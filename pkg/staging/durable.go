@@ -123,24 +123,33 @@ func (d *DropBehind) dropTo(end int64) error {
 const readOnceChunk = 8 << 20
 
 // ReadOnce reads a file in order, dropping from the page cache the pages it has read
-// every readOnceChunk: for staged data that is read once (see above). Dirty pages are
-// left alone by the kernel, so it never costs a write.
+// every readOnceChunk and at the file's end: for staged data that is read once (see
+// above). Dirty pages are left alone by the kernel, so it never costs a write.
 type ReadOnce struct {
 	f       *os.File
 	start   int64
 	dropped int64
 	pos     int64
+	// size is f's size when the reading began (-1 unknown): a reader that takes
+	// exactly that much never sees EOF, and the tail past the last whole chunk
+	// would stay cached.
+	size int64
 }
 
 // NewReadOnce reads f from offset, f's current position.
 func NewReadOnce(f *os.File, offset int64) *ReadOnce {
-	return &ReadOnce{f: f, start: offset, dropped: offset, pos: offset}
+	r := &ReadOnce{f: f, start: offset, dropped: offset, pos: offset, size: -1}
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+		r.size = fi.Size()
+	}
+	return r
 }
 
 func (r *ReadOnce) Read(p []byte) (int, error) {
 	n, err := r.f.Read(p)
 	r.pos += int64(n)
-	if r.pos-r.dropped >= readOnceChunk || (err == io.EOF && r.pos > r.dropped) {
+	end := err == io.EOF || r.pos == r.size
+	if r.pos-r.dropped >= readOnceChunk || (end && r.pos > r.dropped) {
 		dropPages(int(r.f.Fd()), r.start, r.pos)
 		r.dropped = r.pos
 	}

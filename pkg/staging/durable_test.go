@@ -118,6 +118,19 @@ func TestDropBehind(t *testing.T) {
 	if got := cachestat(t, in).cached; got != 0 {
 		t.Errorf("after ReadOnce %d bytes cached, want none", got)
 	}
+	// A reader that takes exactly the file's size never sees EOF (the archive and the
+	// push read so): the tail past the last whole chunk is dropped all the same.
+	exact, err := os.Open(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exact.Close()
+	if _, err := io.CopyN(io.Discard, NewReadOnce(exact, 0), size); err != nil {
+		t.Fatal(err)
+	}
+	if got := cachestat(t, exact).cached; got != 0 {
+		t.Errorf("after ReadOnce of exactly %d bytes %d bytes cached, want none", int64(size), got)
+	}
 	// The plain file, read the same way from an offset, drops what was read only.
 	if _, err := plain.Seek(size/2, io.SeekStart); err != nil {
 		t.Fatal(err)
