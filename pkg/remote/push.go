@@ -257,11 +257,11 @@ func (c *Conn) verify(ctx context.Context, p string, size int64, sum string) err
 // the host hashes each piece once all its writes are acknowledged (a follower that
 // fails shows in its sum; verifyLanded then checks the file afresh).
 func sendFrom(out *sftp.File, local *os.File, offset, size int64, fol *follower, prog *Progress, sent *atomic.Int64) (int64, error) {
+	rd := staging.NewReadOnce(local, offset)
 	if fol == nil {
 		// sizedReader tells ReadFrom how much remains: it keeps the concurrent writes.
-		return out.ReadFrom(&sizedReader{r: staging.NewReadOnce(local, offset), size: size - offset, prog: prog, sent: sent})
+		return out.ReadFrom(&sizedReader{r: rd, size: size - offset, prog: prog, sent: sent})
 	}
-	rd := staging.NewReadOnce(local, offset)
 	fol.feed(offset)
 	var n int64
 	for pos := offset; pos < size; {
