@@ -78,6 +78,8 @@ var (
 	// ErrMismatch: the archive does not match its manifest (an entry missing or extra,
 	// a size, mode or SHA-256 that differs, the artifact's size or SHA-256).
 	ErrMismatch = errors.New("archive: does not match its manifest")
+	// ErrShrank: a file gave fewer bytes than its size while it was archived.
+	ErrShrank = errors.New("file shrank while archived")
 )
 
 // Options of Write.
@@ -117,20 +119,69 @@ type entry struct {
 // files, or a non-portable name, is refused with ErrUnsupported before anything is
 // written. A file that changes size while it is archived fails the write.
 func Write(ctx context.Context, src *os.Root, w io.Writer, opts Options) (contracts.Manifest, error) {
-	comp := opts.Compression
-	if comp == "" {
-		comp = Zstd
-	}
-	if comp != Zstd && comp != Gzip {
-		return contracts.Manifest{}, fmt.Errorf("%w: compression %q (want zstd or gzip)", ErrUnsupported, opts.Compression)
+	if err := checkCompression(opts.Compression); err != nil {
+		return contracts.Manifest{}, err
 	}
 	entries, total, err := scan(ctx, src)
 	if err != nil {
 		return contracts.Manifest{}, err
 	}
+	aw, err := NewWriter(w, total, opts)
+	if err != nil {
+		return contracts.Manifest{}, err
+	}
+	for _, e := range entries {
+		if e.dir {
+			err = aw.Dir(e.path, e.perm, e.mtime)
+		} else {
+			err = addFile(ctx, aw, src, e)
+		}
+		if err != nil {
+			aw.Abort()
+			return contracts.Manifest{}, err
+		}
+	}
+	return aw.Close()
+}
 
+func checkCompression(comp string) error {
+	if comp != "" && comp != Zstd && comp != Gzip {
+		return fmt.Errorf("%w: compression %q (want zstd or gzip)", ErrUnsupported, comp)
+	}
+	return nil
+}
+
+// Writer writes an archive entry by entry, for sources that are not a local tree (a
+// stream from a remote host): the caller adds directories and files in the archive's
+// order (sorted by path, see the package comment) and Close returns the manifest.
+// Nothing is held in memory beyond a copy buffer and the zstd frames in flight.
+type Writer struct {
+	opts  Options
+	comp  string
+	out   *hashCounter
+	zw    io.WriteCloser
+	tw    *tar.Writer
+	buf   []byte
+	files []contracts.ManifestFile
+	last  string
+	done  int64
+	total int64
+	err   error // the first failure: the archive is unusable after it
+}
+
+// NewWriter starts an archive written to w. total is the sum of the sizes of the
+// files that will be added, for opts.Progress.
+func NewWriter(w io.Writer, total int64, opts Options) (*Writer, error) {
+	if err := checkCompression(opts.Compression); err != nil {
+		return nil, err
+	}
+	comp := opts.Compression
+	if comp == "" {
+		comp = Zstd
+	}
 	out := newHashCounter(w)
 	var zw io.WriteCloser
+	var err error
 	switch comp {
 	case Zstd:
 		zw, err = newFrameWriter(out, opts.zstdConcurrency,
@@ -146,67 +197,132 @@ func Write(ctx context.Context, src *os.Root, w io.Writer, opts Options) (contra
 		zw = gw
 	}
 	if err != nil {
-		return contracts.Manifest{}, fmt.Errorf("archive: %s encoder: %w", comp, err)
+		return nil, fmt.Errorf("archive: %s encoder: %w", comp, err)
 	}
-	tw := tar.NewWriter(zw)
+	return &Writer{opts: opts, comp: comp, out: out, zw: zw, tw: tar.NewWriter(zw), buf: make([]byte, copyBuffer), total: total,
+		files: []contracts.ManifestFile{}}, nil
+}
 
-	files := make([]contracts.ManifestFile, 0, len(entries))
-	buf := make([]byte, copyBuffer)
-	var done int64
-	report := func() {
-		if opts.Progress != nil {
-			opts.Progress(done, total)
-		}
+// next checks that p may come next: a portable path after every path added so far.
+func (aw *Writer) next(p string) error {
+	if aw.err != nil {
+		return aw.err
 	}
-	for _, e := range entries {
+	if _, err := SafePath(p); err != nil {
+		return fmt.Errorf("%w: %s: name is not portable: %v", ErrUnsupported, p, errors.Unwrap(err))
+	}
+	if aw.last != "" && p <= aw.last {
+		return fmt.Errorf("%w: %s added after %s: entries go in path order, each once", ErrUnsupported, p, aw.last)
+	}
+	aw.last = p
+	return nil
+}
+
+// fail records the first failure and returns it.
+func (aw *Writer) fail(err error) error {
+	if aw.err == nil {
+		aw.err = err
+	}
+	return err
+}
+
+// Dir adds the directory p (slash-separated, relative).
+func (aw *Writer) Dir(p string, perm fs.FileMode, mtime time.Time) error {
+	if err := aw.next(p); err != nil {
+		return err
+	}
+	if err := aw.tw.WriteHeader(header(entry{path: p, dir: true, perm: perm.Perm(), mtime: seconds(mtime)})); err != nil {
+		return aw.fail(fmt.Errorf("archive: %s: %w", p, err))
+	}
+	return nil
+}
+
+// File adds the regular file p of size bytes, read from r, and hashes it on the way.
+// r must give size bytes; it is not read past them. A shorter r fails the archive.
+func (aw *Writer) File(ctx context.Context, p string, size int64, perm fs.FileMode, mtime time.Time, r io.Reader) error {
+	if err := aw.next(p); err != nil {
+		return err
+	}
+	e := entry{path: p, perm: perm.Perm(), mtime: seconds(mtime), size: size}
+	if err := aw.tw.WriteHeader(header(e)); err != nil {
+		return aw.fail(fmt.Errorf("archive: %s: %w", p, err))
+	}
+	h := sha256.New()
+	var n int64
+	for n < size {
 		if err := ctx.Err(); err != nil {
-			_ = zw.Close()
-			return contracts.Manifest{}, err
+			return aw.fail(err)
 		}
-		if e.dir {
-			err = tw.WriteHeader(header(e))
-			if err != nil {
-				_ = zw.Close()
-				return contracts.Manifest{}, fmt.Errorf("archive: %s: %w", e.path, err)
+		chunk := aw.buf[:min(int64(len(aw.buf)), size-n)]
+		m, err := io.ReadFull(r, chunk)
+		if m > 0 {
+			h.Write(chunk[:m])
+			if _, werr := aw.tw.Write(chunk[:m]); werr != nil {
+				return aw.fail(fmt.Errorf("archive: %s: %w", p, werr))
 			}
-			continue
+			n += int64(m)
+			aw.done += int64(m)
+			if aw.opts.Progress != nil {
+				aw.opts.Progress(aw.done, aw.total)
+			}
 		}
-		mf, err := writeFile(ctx, src, tw, e, buf, func(n int64) { done += n; report() })
 		if err != nil {
-			_ = zw.Close()
-			return contracts.Manifest{}, err
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return aw.fail(fmt.Errorf("archive: %s shrank from %d to %d bytes while it was archived: %w", p, size, n, ErrShrank))
+			}
+			return aw.fail(fmt.Errorf("archive: reading %s: %w", p, err))
 		}
-		files = append(files, mf)
 	}
-	if err := tw.Close(); err != nil {
-		_ = zw.Close()
+	aw.files = append(aw.files, contracts.ManifestFile{
+		Path:   p,
+		Size:   size,
+		Mode:   uint32(e.perm),
+		SHA256: hex.EncodeToString(h.Sum(nil)),
+		MTime:  e.mtime,
+	})
+	return nil
+}
+
+// Abort ends an archive that will not be completed, freeing its compressors.
+func (aw *Writer) Abort() {
+	_ = aw.fail(errors.New("archive: aborted"))
+	_ = aw.zw.Close()
+}
+
+// Close finishes the archive and returns its manifest.
+func (aw *Writer) Close() (contracts.Manifest, error) {
+	if aw.err != nil {
+		_ = aw.zw.Close()
+		return contracts.Manifest{}, aw.err
+	}
+	aw.err = errors.New("archive: closed")
+	if err := aw.tw.Close(); err != nil {
+		_ = aw.zw.Close()
 		return contracts.Manifest{}, fmt.Errorf("archive: closing tar: %w", err)
 	}
-	if err := zw.Close(); err != nil {
-		return contracts.Manifest{}, fmt.Errorf("archive: closing %s stream: %w", comp, err)
+	if err := aw.zw.Close(); err != nil {
+		return contracts.Manifest{}, fmt.Errorf("archive: closing %s stream: %w", aw.comp, err)
 	}
-	if done != total || total == 0 {
-		done = total
-		report()
+	if aw.opts.Progress != nil && (aw.done != aw.total || aw.total == 0) {
+		aw.opts.Progress(aw.total, aw.total)
 	}
-
-	created := opts.Created
+	created := aw.opts.Created
 	if created.IsZero() {
 		created = time.Now()
 	}
 	return contracts.Manifest{
 		Schema:  contracts.SchemaManifest,
-		JobID:   opts.JobID,
+		JobID:   aw.opts.JobID,
 		Created: created.UTC(),
 		Artifact: contracts.ManifestArtifact{
-			Name:        opts.Name,
-			Size:        out.n,
-			SHA256:      hex.EncodeToString(out.h.Sum(nil)),
-			Compression: comp,
+			Name:        aw.opts.Name,
+			Size:        aw.out.n,
+			SHA256:      hex.EncodeToString(aw.out.h.Sum(nil)),
+			Compression: aw.comp,
 			Kind:        KindArchive,
 		},
-		Files: files,
-		Empty: len(files) == 0,
+		Files: aw.files,
+		Empty: len(aw.files) == 0,
 	}, nil
 }
 
@@ -313,57 +429,23 @@ func header(e entry) *tar.Header {
 	return h
 }
 
-// writeFile writes the header and content of the regular file e, reading it once and
-// hashing it on the way.
-func writeFile(ctx context.Context, src *os.Root, tw *tar.Writer, e entry, buf []byte, progress func(int64)) (contracts.ManifestFile, error) {
+// addFile adds the regular file e of src, reading it once. The open file is the
+// truth: its size, mode and mtime go into the header.
+func addFile(ctx context.Context, aw *Writer, src *os.Root, e entry) error {
 	f, err := src.Open(e.path)
 	if err != nil {
-		return contracts.ManifestFile{}, fmt.Errorf("archive: %w", err)
+		return fmt.Errorf("archive: %w", err)
 	}
 	defer func() { _ = f.Close() }()
 	fi, err := f.Stat()
 	if err != nil {
-		return contracts.ManifestFile{}, fmt.Errorf("archive: %w", err)
+		return fmt.Errorf("archive: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return contracts.ManifestFile{}, fmt.Errorf("%w: %s changed into a %s while it was archived", ErrUnsupported, e.path, typeName(fi.Mode().Type()))
+		return fmt.Errorf("%w: %s changed into a %s while it was archived", ErrUnsupported, e.path, typeName(fi.Mode().Type()))
 	}
-	// The open file is the truth: its size, mode and mtime go into the header.
-	e.size, e.perm, e.mtime = fi.Size(), fi.Mode().Perm(), seconds(fi.ModTime())
-	if err := tw.WriteHeader(header(e)); err != nil {
-		return contracts.ManifestFile{}, fmt.Errorf("archive: %s: %w", e.path, err)
-	}
-	h := sha256.New()
-	rd := staging.NewReadOnce(f, 0) // read once: its pages are dropped behind (see pkg/staging)
-	var n int64
-	for n < e.size {
-		if err := ctx.Err(); err != nil {
-			return contracts.ManifestFile{}, err
-		}
-		chunk := buf[:min(int64(len(buf)), e.size-n)]
-		m, err := io.ReadFull(rd, chunk)
-		if m > 0 {
-			h.Write(chunk[:m])
-			if _, werr := tw.Write(chunk[:m]); werr != nil {
-				return contracts.ManifestFile{}, fmt.Errorf("archive: %s: %w", e.path, werr)
-			}
-			n += int64(m)
-			progress(int64(m))
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return contracts.ManifestFile{}, fmt.Errorf("archive: %s shrank from %d to %d bytes while it was archived", e.path, e.size, n)
-			}
-			return contracts.ManifestFile{}, fmt.Errorf("archive: reading %s: %w", e.path, err)
-		}
-	}
-	return contracts.ManifestFile{
-		Path:   e.path,
-		Size:   e.size,
-		Mode:   uint32(e.perm),
-		SHA256: hex.EncodeToString(h.Sum(nil)),
-		MTime:  e.mtime,
-	}, nil
+	// read once: its pages are dropped behind (see pkg/staging)
+	return aw.File(ctx, e.path, fi.Size(), fi.Mode().Perm(), fi.ModTime(), staging.NewReadOnce(f, 0))
 }
 
 // hashCounter hashes and counts what passes through it to w.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/archive"
 	"github.com/ferrydesk/ferry/pkg/dbdump"
 	"github.com/ferrydesk/ferry/pkg/logctx"
 	"github.com/ferrydesk/ferry/pkg/sshdial"
@@ -65,11 +65,11 @@ func (a *archiver) dump(ctx context.Context, job string, args contracts.DumpArgs
 	defer unlock()
 
 	kind := target.Engine.Kind()
-	if res, ok, err := existing(ctx, root, args.Name, kind, ""); err != nil {
+	if m, ok, err := archive.Staged(ctx, root, args.Name, kind, ""); err != nil {
 		return contracts.ArtifactResult{}, err
 	} else if ok {
-		log.Info("dump exists already and matches its manifest; not dumped again", "name", args.Name, "sha256", res.SHA256)
-		return res, nil
+		log.Info("dump exists already and matches its manifest; not dumped again", "name", args.Name, "sha256", m.Artifact.SHA256)
+		return archive.Result(m), nil
 	}
 
 	if args.Credential != "" {
@@ -85,13 +85,13 @@ func (a *archiver) dump(ctx context.Context, job string, args contracts.DumpArgs
 	}
 	worker.ReportProgress(ctx, args.Name, m.Artifact.Size, m.Artifact.Size)
 	log.Info("database dumped", "name", args.Name, "size", m.Artifact.Size, "sha256", m.Artifact.SHA256)
-	return result(m), nil
+	return archive.Result(m), nil
 }
 
 // checkDumpArgs refuses arguments that can never succeed and returns the target
 // (without its password).
 func checkDumpArgs(args contracts.DumpArgs) (dbdump.Target, error) {
-	if err := checkName(args.Name); err != nil {
+	if err := archive.CheckName(args.Name); err != nil {
 		return dbdump.Target{}, err
 	}
 	if strings.HasPrefix(args.Name, ".") {
@@ -114,7 +114,7 @@ func checkDumpArgs(args contracts.DumpArgs) (dbdump.Target, error) {
 // writeDump dumps into a temporary name, verifies and hashes the dump, writes the
 // manifest under a temporary name, and renames both into place (dump first).
 func (a *archiver) writeDump(ctx context.Context, root *os.Root, dir, job, name string, t dbdump.Target) (m contracts.Manifest, err error) {
-	suffix := ".tmp-" + randomHex()
+	suffix := archive.TempSuffix()
 	tmpDump, tmpManifest := name+suffix, contracts.ManifestName(name)+suffix
 	defer func() {
 		if err != nil {
@@ -146,12 +146,7 @@ func (a *archiver) writeDump(ctx context.Context, root *os.Root, dir, job, name 
 		Artifact: contracts.ManifestArtifact{Name: name, Size: size, SHA256: sum, Kind: t.Engine.Kind()},
 		Files:    []contracts.ManifestFile{},
 	}
-	err = writeFile(root, tmpManifest, func(w io.Writer) error {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(m)
-	})
-	if err != nil {
+	if err = archive.WriteManifest(root, tmpManifest, m); err != nil {
 		return m, err
 	}
 	if err = root.Rename(tmpDump, name); err != nil {
@@ -160,7 +155,7 @@ func (a *archiver) writeDump(ctx context.Context, root *os.Root, dir, job, name 
 	if err = root.Rename(tmpManifest, contracts.ManifestName(name)); err != nil {
 		return m, fmt.Errorf("archiver: %w", err)
 	}
-	return m, syncDir(root)
+	return m, archive.SyncDir(root)
 }
 
 // hashAndSync returns the size and SHA-256 of name and syncs it to disk.

@@ -4,12 +4,7 @@
 package service
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -67,10 +62,6 @@ type archiver struct {
 	dumper     *dbdump.Dumper
 }
 
-// maxName bounds an artifact name so that it, its manifest's name and their temporary
-// names fit a file name (255 bytes).
-const maxName = 200
-
 // Archive archives <staging>/<job>/<From>/ into <staging>/<job>/<Name> with its manifest
 // <Name>.manifest.json (the job id comes from the command, through worker.JobID).
 //
@@ -102,11 +93,11 @@ func (a *archiver) archive(ctx context.Context, job string, args contracts.Archi
 	defer func() { _ = root.Close() }()
 	log := logctx.From(ctx)
 
-	if res, ok, err := existing(ctx, root, args.Name, archive.KindArchive, comp); err != nil {
+	if m, ok, err := archive.Staged(ctx, root, args.Name, archive.KindArchive, comp); err != nil {
 		return contracts.ArtifactResult{}, err
 	} else if ok {
-		log.Info("archive exists already and matches its manifest; not written again", "name", args.Name, "sha256", res.SHA256)
-		return res, nil
+		log.Info("archive exists already and matches its manifest; not written again", "name", args.Name, "sha256", m.Artifact.SHA256)
+		return archive.Result(m), nil
 	}
 
 	src, err := openInput(root, job, args.From)
@@ -115,9 +106,11 @@ func (a *archiver) archive(ctx context.Context, job string, args contracts.Archi
 	}
 	defer func() { _ = src.Close() }()
 
-	m, err := writeArchive(ctx, root, src, archive.Options{
-		Name: args.Name, Compression: comp, JobID: job, Created: a.now(),
-		Progress: func(done, total int64) { worker.ReportProgress(ctx, args.Name, done, total) },
+	m, err := archive.Stage(root, args.Name, func(w io.Writer) (contracts.Manifest, error) {
+		return archive.Write(ctx, src, w, archive.Options{
+			Name: args.Name, Compression: comp, JobID: job, Created: a.now(),
+			Progress: func(done, total int64) { worker.ReportProgress(ctx, args.Name, done, total) },
+		})
 	})
 	if err != nil {
 		if errors.Is(err, archive.ErrUnsupported) {
@@ -127,7 +120,7 @@ func (a *archiver) archive(ctx context.Context, job string, args contracts.Archi
 		return contracts.ArtifactResult{}, err
 	}
 	log.Info("archive written", "name", args.Name, "files", len(m.Files), "size", m.Artifact.Size, "sha256", m.Artifact.SHA256)
-	return result(m), nil
+	return archive.Result(m), nil
 }
 
 // checkArchiveArgs refuses arguments that can never succeed and returns the compression.
@@ -140,7 +133,7 @@ func checkArchiveArgs(args contracts.ArchiveArgs) (string, error) {
 	default:
 		return "", fmt.Errorf("compression %q: want zstd or gzip", args.Compression)
 	}
-	if err := checkName(args.Name); err != nil {
+	if err := archive.CheckName(args.Name); err != nil {
 		return "", err
 	}
 	if args.From == "" {
@@ -153,25 +146,6 @@ func checkArchiveArgs(args contracts.ArchiveArgs) (string, error) {
 		return "", fmt.Errorf("artifact %q would be written into the staging area %q it archives", args.Name, args.From)
 	}
 	return comp, nil
-}
-
-// checkName refuses artifact names that are not a plain file name the staging area
-// can hold next to its manifest and temporary names.
-func checkName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("no artifact name")
-	case len(name) > maxName:
-		return fmt.Errorf("artifact name of %d bytes: at most %d", len(name), maxName)
-	case strings.Contains(name, "/"):
-		return fmt.Errorf("artifact name %q: a file name, not a path", name)
-	case strings.HasSuffix(name, contracts.ManifestName("")):
-		return fmt.Errorf("artifact name %q: reserved for manifests", name)
-	}
-	if _, err := archive.SafePath(name); err != nil {
-		return fmt.Errorf("artifact name: %w", err)
-	}
-	return nil
 }
 
 // openInput opens the staging area from below the job's directory. Every component
@@ -198,148 +172,6 @@ func openInput(root *os.Root, job, from string) (*os.Root, error) {
 		return nil, fmt.Errorf("archiver: %w", err)
 	}
 	return src, nil
-}
-
-// writeArchive writes the archive of src and its manifest into root under temporary
-// names, syncs them and renames them into place (archive first, so a manifest in place
-// always describes an archive that was complete).
-func writeArchive(ctx context.Context, root, src *os.Root, opts archive.Options) (m contracts.Manifest, err error) {
-	suffix := ".tmp-" + randomHex()
-	tmpArchive, tmpManifest := opts.Name+suffix, contracts.ManifestName(opts.Name)+suffix
-	defer func() {
-		if err != nil {
-			_ = root.Remove(tmpArchive)
-			_ = root.Remove(tmpManifest)
-		}
-	}()
-	err = writeFile(root, tmpArchive, func(w io.Writer) error {
-		var werr error
-		m, werr = archive.Write(ctx, src, w, opts)
-		return werr
-	})
-	if err != nil {
-		return m, err
-	}
-	err = writeFile(root, tmpManifest, func(w io.Writer) error {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(m)
-	})
-	if err != nil {
-		return m, err
-	}
-	if err = root.Rename(tmpArchive, opts.Name); err != nil {
-		return m, fmt.Errorf("archiver: %w", err)
-	}
-	if err = root.Rename(tmpManifest, contracts.ManifestName(opts.Name)); err != nil {
-		return m, fmt.Errorf("archiver: %w", err)
-	}
-	return m, syncDir(root)
-}
-
-// writeFile creates name in root (it must not exist), writes it through a buffer with
-// write, and syncs and closes it.
-func writeFile(root *os.Root, name string, write func(io.Writer) error) error {
-	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
-	if err != nil {
-		return fmt.Errorf("archiver: %w", err)
-	}
-	// Its writeback starts on the way, so the fsync at the end has little to wait for.
-	bw := bufio.NewWriterSize(staging.NewWriteBehind(f, 0), 1<<20)
-	if err := write(bw); err != nil {
-		_ = f.Close()
-		return err
-	}
-	err = bw.Flush()
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("archiver: writing %s: %w", name, err)
-	}
-	return nil
-}
-
-func syncDir(root *os.Root) error {
-	d, err := root.Open(".")
-	if err != nil {
-		return fmt.Errorf("archiver: %w", err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("archiver: syncing the staging directory: %w", err)
-	}
-	return nil
-}
-
-// existing returns the result of an artifact (archive or dump) written before under
-// name, when it and its manifest are in place, the manifest is for this artifact, kind
-// and compression, and the artifact's size and SHA-256 (hashed again) match it.
-// Anything else is false: the artifact is written again (over what is there).
-func existing(ctx context.Context, root *os.Root, name, kind, comp string) (contracts.ArtifactResult, bool, error) {
-	mf, err := root.Open(contracts.ManifestName(name))
-	if err != nil {
-		return contracts.ArtifactResult{}, false, nil
-	}
-	defer func() { _ = mf.Close() }()
-	var m contracts.Manifest
-	if err := json.NewDecoder(bufio.NewReader(mf)).Decode(&m); err != nil {
-		return contracts.ArtifactResult{}, false, nil
-	}
-	if m.Schema != contracts.SchemaManifest || m.Artifact.Name != name || m.Artifact.Compression != comp || m.Artifact.Kind != kind {
-		return contracts.ArtifactResult{}, false, nil
-	}
-	af, err := root.Open(name)
-	if err != nil {
-		return contracts.ArtifactResult{}, false, nil
-	}
-	defer func() { _ = af.Close() }()
-	fi, err := af.Stat()
-	if err != nil || !fi.Mode().IsRegular() || fi.Size() != m.Artifact.Size {
-		return contracts.ArtifactResult{}, false, nil
-	}
-	h := sha256.New()
-	buf := make([]byte, 256<<10)
-	for {
-		if err := ctx.Err(); err != nil {
-			return contracts.ArtifactResult{}, false, err
-		}
-		n, err := af.Read(buf)
-		h.Write(buf[:n])
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return contracts.ArtifactResult{}, false, fmt.Errorf("archiver: reading %s: %w", name, err)
-		}
-	}
-	if hex.EncodeToString(h.Sum(nil)) != m.Artifact.SHA256 {
-		logctx.From(ctx).Warn("artifact does not match its manifest; writing it again", "name", name)
-		return contracts.ArtifactResult{}, false, nil
-	}
-	return result(m), true, nil
-}
-
-func result(m contracts.Manifest) contracts.ArtifactResult {
-	return contracts.ArtifactResult{
-		Name:     m.Artifact.Name,
-		Manifest: contracts.ManifestName(m.Artifact.Name),
-		Size:     m.Artifact.Size,
-		SHA256:   m.Artifact.SHA256,
-		Files:    len(m.Files),
-	}
-}
-
-func randomHex() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // jobRoot opens the job's staging directory, creating it if needed; every path a step
