@@ -21,6 +21,7 @@ const (
 	OpPull       Op = "pull"        // remote host → staging
 	OpPush       Op = "push"        // staging → customer server
 	OpDeliver    Op = "deliver"     // staging → operator's home directory
+	OpBundle     Op = "bundle"      // remote host → an archive in staging, streamed
 )
 
 // Operations of the archiver.
@@ -166,6 +167,18 @@ type PullArgs struct {
 	MaxSize    Size     `json:"max_size,omitempty"`
 	AllowEmpty bool     `json:"allow_empty,omitempty"`
 	Into       string   `json:"into"`
+}
+
+// BundleArgs streams the files Paths select on Host (as PullArgs does) into the
+// archive Name with its manifest in the job's staging area, without staging the files.
+type BundleArgs struct {
+	Host        string   `json:"host"`
+	Paths       []string `json:"paths"`
+	Since       Duration `json:"since,omitempty"`
+	MaxSize     Size     `json:"max_size,omitempty"`
+	AllowEmpty  bool     `json:"allow_empty,omitempty"`
+	Name        string   `json:"name"`
+	Compression string   `json:"compression"`
 }
 
 // ArchiveArgs archives the staging area From of the job into Name with a manifest.

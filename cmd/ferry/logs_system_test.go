@@ -187,7 +187,7 @@ func TestSystemLogBackup(t *testing.T) {
 		s.alias("cust-none", "customer", 0)
 		g := glob("none", "*.log")
 		r := run(t, "--id", "logs-none", "--from", "cust-none", "--paths", g, "--to", "operator-pc", "--wait")
-		if r.code != 1 || !strings.Contains(r.stderr, g) || !strings.Contains(r.stderr, "pull") {
+		if r.code != 1 || !strings.Contains(r.stderr, g) || !strings.Contains(r.stderr, "bundle") {
 			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 		}
 		if _, err := os.Stat(filepath.Join(delivered, "cust-none")); err == nil {
@@ -238,7 +238,7 @@ func TestSystemLogBackup(t *testing.T) {
 				if st.Attempt != 2 {
 					t.Errorf("connect-operator: %d attempts, want the policy's 2", st.Attempt)
 				}
-			case "archive", "remove-staging", "close":
+			case "bundle", "remove-staging", "close":
 				if st.State != contracts.StepDone {
 					t.Errorf("%s: %s", st.Name, st.State)
 				}

@@ -55,49 +55,9 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	if len(spec.Paths) == 0 {
 		return res, fmt.Errorf("%w: no paths to pull", ErrInvalidPath)
 	}
-	srcs, err := c.expand(ctx, roots, spec.Paths, spec.AllowEmpty)
+	files, err := c.list(ctx, roots, spec)
 	if err != nil {
 		return res, err
-	}
-	var files []pullFile
-	byRel := map[string]string{}
-	skippedLinks := 0
-	for _, s := range srcs {
-		base := s.name
-		if s.info.IsDir() && !hasMeta(s.given) {
-			base = "" // a directory named directly lands as its contents
-		}
-		err := c.walk(ctx, s.real, s.info, func(rel string, fi fs.FileInfo) error {
-			if fi.Mode()&fs.ModeSymlink != 0 {
-				skippedLinks++ // links inside a tree are not followed: they may lead anywhere
-				return nil
-			}
-			if !fi.Mode().IsRegular() {
-				return nil
-			}
-			r := path.Join(base, rel)
-			if r == "" || r == "." {
-				r = s.name
-			}
-			p := path.Join(s.real, rel)
-			if other, dup := byRel[r]; dup && other != p {
-				return fmt.Errorf("%w: %s and %s would both be staged as %s", ErrInvalidPath, other, p, r)
-			}
-			byRel[r] = p
-			files = append(files, pullFile{remote: p, rel: r, size: fi.Size(), mtime: fi.ModTime(), mode: fi.Mode().Perm()})
-			return nil
-		})
-		if err != nil {
-			return res, err
-		}
-	}
-	files = filterFiles(files, spec.Since, spec.MaxSize, time.Now())
-	if len(files) == 0 && !spec.AllowEmpty {
-		what := strings.Join(spec.Paths, ", ")
-		if spec.Since > 0 {
-			what += fmt.Sprintf(" (modified within %s)", spec.Since)
-		}
-		return res, fmt.Errorf("%s: no file to pull: %w", what, ErrNotFound)
 	}
 
 	if err := os.MkdirAll(spec.Dir, 0o750); err != nil {
@@ -151,6 +111,58 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	}
 	res.Files = len(files)
 	return res, nil
+}
+
+// list expands spec's paths on the host into the regular files to pull, filtered by
+// Since and MaxSize and sorted by their path below spec.Dir. Links inside a tree are
+// not followed; two files that would land on one path are refused.
+func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) ([]pullFile, error) {
+	srcs, err := c.expand(ctx, roots, spec.Paths, spec.AllowEmpty)
+	if err != nil {
+		return nil, err
+	}
+	var files []pullFile
+	byRel := map[string]string{}
+	skippedLinks := 0
+	for _, s := range srcs {
+		base := s.name
+		if s.info.IsDir() && !hasMeta(s.given) {
+			base = "" // a directory named directly lands as its contents
+		}
+		err := c.walk(ctx, s.real, s.info, func(rel string, fi fs.FileInfo) error {
+			if fi.Mode()&fs.ModeSymlink != 0 {
+				skippedLinks++ // links inside a tree are not followed: they may lead anywhere
+				return nil
+			}
+			if !fi.Mode().IsRegular() {
+				return nil
+			}
+			r := path.Join(base, rel)
+			if r == "" || r == "." {
+				r = s.name
+			}
+			p := path.Join(s.real, rel)
+			if other, dup := byRel[r]; dup && other != p {
+				return fmt.Errorf("%w: %s and %s would both be staged as %s", ErrInvalidPath, other, p, r)
+			}
+			byRel[r] = p
+			files = append(files, pullFile{remote: p, rel: r, size: fi.Size(), mtime: fi.ModTime(), mode: fi.Mode().Perm()})
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	files = filterFiles(files, spec.Since, spec.MaxSize, time.Now())
+	if len(files) == 0 && !spec.AllowEmpty {
+		what := strings.Join(spec.Paths, ", ")
+		if spec.Since > 0 {
+			what += fmt.Sprintf(" (modified within %s)", spec.Since)
+		}
+		return nil, fmt.Errorf("%s: no file to pull: %w", what, ErrNotFound)
+	}
+
+	return files, nil
 }
 
 // filterFiles keeps the files modified within since (when set) and, when maxSize is

@@ -247,14 +247,26 @@ func (e *CommandError) Error() string {
 	return e.Stderr
 }
 
-// limitedBuffer keeps the first 8 KiB written to it.
-type limitedBuffer struct{ bytes.Buffer }
+// limitedBuffer keeps the first 8 KiB written to it. A command's stderr is copied into
+// it by the session's own goroutine, so it may be read while the command still runs.
+type limitedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
 
 func (b *limitedBuffer) Write(p []byte) (int, error) {
-	if room := 8<<10 - b.Len(); room > 0 {
-		b.Buffer.Write(p[:min(room, len(p))])
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := 8<<10 - b.buf.Len(); room > 0 {
+		b.buf.Write(p[:min(room, len(p))])
 	}
 	return len(p), nil
+}
+
+func (b *limitedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // Quote quotes s for a POSIX shell: it is wrapped in single quotes, and each single

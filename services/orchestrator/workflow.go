@@ -74,10 +74,7 @@ var (
 )
 
 // Staging names used between steps.
-const (
-	stagingFiles = "files"
-	stagingLogs  = "logs"
-)
+const stagingFiles = "files"
 
 // Where backups land on the operator's computer (relative to the login's home) and how
 // they are named: <dir>/<db>-<stamp>.dump and <dir>/<stamp>.tar.zst, stamp being the
@@ -180,20 +177,20 @@ func DefaultWorkflows() Workflows {
 		}, closing...)},
 		contracts.ActionLogBackup: {Steps: append([]StepDef{
 			connect("connect-customer", func(r *contracts.JobRequest) string { return r.LogBackup.From }),
-			{Name: "pull", Service: contracts.ServiceTransfer, Op: contracts.OpPull, Policy: policyBytes,
-				Args: func(r *contracts.JobRequest, _ *contracts.Job) (any, error) {
+			// The logs stream from the customer straight into the bundle (tar.zst and
+			// manifest) in staging, as ssh host tar c | zstd would: staging them first and
+			// reading them back cost more than compressing them. See remote.Conn.Bundle.
+			{Name: "bundle", Service: contracts.ServiceTransfer, Op: contracts.OpBundle, Policy: policyBytes,
+				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
 					l := r.LogBackup
-					return contracts.PullArgs{Host: l.From, Paths: l.Paths, Since: l.Since, MaxSize: l.MaxSize, AllowEmpty: l.AllowEmpty, Into: stagingLogs}, nil
-				}},
-			{Name: "archive", Service: contracts.ServiceArchiver, Op: contracts.OpArchive, Policy: policyLocal,
-				Args: func(_ *contracts.JobRequest, j *contracts.Job) (any, error) {
-					return contracts.ArchiveArgs{From: stagingLogs, Name: "logs-" + j.ID + logsSuffix, Compression: "zstd"}, nil
+					return contracts.BundleArgs{Host: l.From, Paths: l.Paths, Since: l.Since, MaxSize: l.MaxSize, AllowEmpty: l.AllowEmpty,
+						Name: "logs-" + j.ID + logsSuffix, Compression: "zstd"}, nil
 				}},
 			connect("connect-operator", func(r *contracts.JobRequest) string { return r.LogBackup.To }),
 			{Name: "deliver", Service: contracts.ServiceTransfer, Op: contracts.OpDeliver, Policy: policyBytes,
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
 					var art contracts.ArtifactResult
-					if err := output(j, "archive", &art); err != nil {
+					if err := output(j, "bundle", &art); err != nil {
 						return nil, err
 					}
 					l := r.LogBackup

@@ -28,7 +28,8 @@ func TestBackupWorkflowSteps(t *testing.T) {
 		contracts.ActionDBBackup: {"connector.connect:connect-customer", "connector.tunnel:tunnel", "archiver.dump:dump",
 			"connector.connect:connect-operator", "transfer.deliver:deliver", "cleanup.prune:prune",
 			"cleanup.remove-staging:remove-staging!", "connector.close:close!"},
-		contracts.ActionLogBackup: {"connector.connect:connect-customer", "transfer.pull:pull", "archiver.archive:archive",
+		// The logs stream from the customer into the bundle: no pull, no archive step.
+		contracts.ActionLogBackup: {"connector.connect:connect-customer", "transfer.bundle:bundle",
 			"connector.connect:connect-operator", "transfer.deliver:deliver", "cleanup.prune:prune",
 			"cleanup.remove-staging:remove-staging!", "connector.close:close!"},
 	}
@@ -94,15 +95,12 @@ func TestLogBackupArgs(t *testing.T) {
 		From: "cust-1", Paths: []string{"/var/log/app/*.log*"}, Since: contracts.Duration(48 * time.Hour), MaxSize: 1 << 20,
 		AllowEmpty: true, To: "op-pc"}}
 	job := &contracts.Job{ID: "j2", Created: created, Steps: []contracts.Step{
-		doneStep("archive", contracts.ArtifactResult{Name: "logs-j2.tar.zst", Size: 10}),
+		doneStep("bundle", contracts.ArtifactResult{Name: "logs-j2.tar.zst", Size: 10}),
 	}}
-	pull := args[contracts.PullArgs](t, contracts.ActionLogBackup, "pull", req, job)
-	if !reflect.DeepEqual(pull, contracts.PullArgs{Host: "cust-1", Paths: []string{"/var/log/app/*.log*"}, Since: contracts.Duration(48 * time.Hour),
-		MaxSize: 1 << 20, AllowEmpty: true, Into: "logs"}) {
-		t.Errorf("pull args %+v", pull)
-	}
-	if got := args[contracts.ArchiveArgs](t, contracts.ActionLogBackup, "archive", req, job); got != (contracts.ArchiveArgs{From: "logs", Name: "logs-j2.tar.zst", Compression: "zstd"}) {
-		t.Errorf("archive args %+v", got)
+	bundle := args[contracts.BundleArgs](t, contracts.ActionLogBackup, "bundle", req, job)
+	if !reflect.DeepEqual(bundle, contracts.BundleArgs{Host: "cust-1", Paths: []string{"/var/log/app/*.log*"}, Since: contracts.Duration(48 * time.Hour),
+		MaxSize: 1 << 20, AllowEmpty: true, Name: "logs-j2.tar.zst", Compression: "zstd"}) {
+		t.Errorf("bundle args %+v", bundle)
 	}
 	deliver := args[contracts.DeliverArgs](t, contracts.ActionLogBackup, "deliver", req, job)
 	if want := (contracts.DeliverArgs{Host: "op-pc", Artifact: "logs-j2.tar.zst", DestDir: "ferry/logs/cust-1", Name: "20250307T220405Z.tar.zst"}); deliver != want {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/archive"
 	"github.com/ferrydesk/ferry/pkg/bus"
 	"github.com/ferrydesk/ferry/pkg/bus/bustest"
 	"github.com/ferrydesk/ferry/pkg/inventory"
@@ -104,10 +106,16 @@ type world struct {
 
 func newWorld(t *testing.T, topo bus.Topology, jobs ...string) *world {
 	t.Helper()
+	return newWorldWith(t, topo, sshtest.Options{}, jobs...)
+}
+
+// newWorldWith is newWorld with the customer's sshd started with opts.
+func newWorldWith(t *testing.T, topo bus.Topology, opts sshtest.Options, jobs ...string) *world {
+	t.Helper()
 	w := &world{t: t, srv: bustest.Start(t, topo), secrets: t.TempDir(), staging: t.TempDir()}
 	_, w.js = w.srv.Connect(t, "test")
 	ctx := context.Background()
-	w.sshd = sshtest.Start(t, sshtest.Options{})
+	w.sshd = sshtest.Start(t, opts)
 	sshtest.WriteCredential(t, w.secrets, "cred", map[string]string{sshdial.FilePassword: w.sshd.User().Password})
 	u, err := user.Lookup(w.sshd.User().Name)
 	if err != nil {
@@ -302,5 +310,107 @@ func TestStepsEndToEnd(t *testing.T) {
 	}
 	if got := workertest.Counter(t, reg, "ferry_transfer_bytes_total", map[string]string{"direction": "push", "host": "customer"}); got < 3<<20 {
 		t.Errorf("ferry_transfer_bytes_total{push} = %v", got)
+	}
+}
+
+// The bundle step through the runner, on a host that runs commands (streamed from its
+// tar) and on an SFTP-only one (pulled into scratch staging, archived, scratch
+// removed): the same files either way, checked against the manifest; a redelivery
+// returns the bundle in place untouched; bad arguments fail for good.
+func TestBundleStep(t *testing.T) {
+	for _, sftpOnly := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sftp-only=%v", sftpOnly), func(t *testing.T) {
+			const job = "job-bundle"
+			w := newWorldWith(t, bus.Topology{}, sshtest.Options{SFTPOnly: sftpOnly}, job)
+			nc, _ := w.srv.Connect(t, "transfer")
+			reg := prometheus.NewRegistry()
+			runService(t, w.config(), transfer.Deps{NC: nc, Registerer: reg, Logger: slog.New(slog.DiscardHandler)})
+			logs := filepath.Join(w.home, "logs")
+			writeRandom(t, filepath.Join(logs, "app.log"), 3<<20)
+			writeRandom(t, filepath.Join(logs, "app.log.1.gz"), 70<<10)
+			writeRandom(t, filepath.Join(logs, "notes.txt"), 10)
+			for i := range 40 {
+				writeRandom(t, filepath.Join(logs, "small", fmt.Sprintf("s%02d.log", i)), int64(100*i+1))
+			}
+			w.chown(w.home)
+			args := contracts.BundleArgs{Host: "customer", Paths: []string{w.rel(logs) + "/app.log*", w.rel(logs) + "/small"},
+				Name: "logs-" + job + ".tar.zst", Compression: "zstd"}
+			workertest.Send(t, w.js, contracts.ServiceTransfer, contracts.OpBundle, job, "bundle", args)
+			evs := workertest.ByStep(workertest.StepEvents(t, w.js, job, 1, 30*time.Second))
+			res := output[contracts.ArtifactResult](t, evs["bundle"])
+			if res.Name != args.Name || res.Files != 42 {
+				t.Fatalf("bundle: %+v", res)
+			}
+			dir := filepath.Join(w.staging, job)
+			raw, err := os.ReadFile(filepath.Join(dir, contracts.ManifestName(args.Name)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m contracts.Manifest
+			if err := json.Unmarshal(raw, &m); err != nil {
+				t.Fatal(err)
+			}
+			if m.Artifact.SHA256 != res.SHA256 || m.Artifact.SHA256 != sha(t, filepath.Join(dir, args.Name)) {
+				t.Fatalf("manifest %+v, result %+v", m.Artifact, res)
+			}
+			f, err := os.Open(filepath.Join(dir, args.Name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			out := t.TempDir()
+			root, _ := os.OpenRoot(out)
+			defer root.Close()
+			if err := archive.Extract(context.Background(), f, root, m); err != nil {
+				t.Fatal(err)
+			}
+			// A directory named directly lands as its contents.
+			for p, from := range map[string]string{"app.log": "app.log", "app.log.1.gz": "app.log.1.gz", "s07.log": "small/s07.log", "s39.log": "small/s39.log"} {
+				if sha(t, filepath.Join(out, p)) != sha(t, filepath.Join(logs, from)) {
+					t.Errorf("%s differs", p)
+				}
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+				t.Errorf("staging holds %v, want the bundle and its manifest only", entries)
+			}
+			if got := workertest.Counter(t, reg, "ferry_transfer_bytes_total", map[string]string{"direction": "pull", "host": "customer"}); got < 3<<20 {
+				t.Errorf("ferry_transfer_bytes_total{pull} = %v", got)
+			}
+
+			// Redelivered: the bundle in place is returned, nothing read again.
+			before := workertest.Counter(t, reg, "ferry_transfer_bytes_total", map[string]string{"direction": "pull", "host": "customer"})
+			cmd := contracts.StepCommand{Schema: contracts.SchemaStepCommand, JobID: job, Action: contracts.ActionLogBackup, Step: "bundle", Attempt: 2,
+				Service: contracts.ServiceTransfer, Op: contracts.OpBundle, Deadline: time.Now().Add(time.Minute)}
+			cmd.Args, _ = json.Marshal(args)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := bus.Publish(ctx, w.js, contracts.CommandSubject(contracts.ServiceTransfer, contracts.OpBundle), cmd, contracts.CommandMsgID(job, "bundle", 2), job); err != nil {
+				t.Fatal(err)
+			}
+			evs2 := workertest.StepEvents(t, w.js, job, 2, 30*time.Second)
+			if again := output[contracts.ArtifactResult](t, evs2[len(evs2)-1]); again != res {
+				t.Fatalf("redelivered bundle: %+v, want %+v", again, res)
+			}
+			if after := workertest.Counter(t, reg, "ferry_transfer_bytes_total", map[string]string{"direction": "pull", "host": "customer"}); after != before {
+				t.Errorf("the redelivery read %v bytes again", after-before)
+			}
+
+			// Bad arguments fail for good, naming what is wrong.
+			bad := map[string]contracts.BundleArgs{
+				"bad-name": {Host: "customer", Paths: args.Paths, Name: "../x.tar.zst"},
+				"no-paths": {Host: "customer", Name: "x.tar.zst"},
+				"bad-comp": {Host: "customer", Paths: args.Paths, Name: "x.tar.zst", Compression: "rar"},
+			}
+			for step, a := range bad {
+				workertest.Send(t, w.js, contracts.ServiceTransfer, contracts.OpBundle, job, step, a)
+			}
+			evs3 := workertest.ByStep(workertest.StepEvents(t, w.js, job, 5, 30*time.Second))
+			for step := range bad {
+				ev := evs3[step]
+				if ev.Kind != contracts.StepFailed || ev.Error == nil || ev.Error.Code != contracts.CodeInvalidCommand || ev.Error.Retryable {
+					t.Errorf("%s: %+v", step, ev)
+				}
+			}
+		})
 	}
 }

@@ -39,6 +39,8 @@ type Service interface {
 	Push(ctx context.Context, args contracts.PushArgs) (contracts.DeliveryResult, error)
 	// Deliver sends a staged artifact to the operator's computer.
 	Deliver(ctx context.Context, args contracts.DeliverArgs) (contracts.DeliveryResult, error)
+	// Bundle streams files from a host into an archive with a manifest in staging.
+	Bundle(ctx context.Context, args contracts.BundleArgs) (contracts.ArtifactResult, error)
 }
 
 // Ops binds the methods of s to their operations for worker.NewHandler.
@@ -48,6 +50,7 @@ func Ops(s Service) []worker.Op {
 		worker.Typed(contracts.OpPull, s.Pull),
 		worker.Typed(contracts.OpPush, s.Push),
 		worker.Typed(contracts.OpDeliver, s.Deliver),
+		worker.Typed(contracts.OpBundle, s.Bundle),
 	}
 }
 

@@ -1,0 +1,132 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/archive"
+	"github.com/ferrydesk/ferry/pkg/logctx"
+	"github.com/ferrydesk/ferry/pkg/remote"
+	"github.com/ferrydesk/ferry/pkg/worker"
+)
+
+// Bundle archives the files Paths select on the host into <staging>/<job>/<Name> with
+// its manifest, streaming them from the host into the archive (remote.Conn.Bundle):
+// the files themselves are never staged. A host that runs no GNU tar over exec (an
+// SFTP-only login) has its files pulled into a scratch directory of the job's staging
+// and archived from there, which the step removes.
+//
+// A bundle and manifest in place that match (hashed again) are returned untouched, so
+// a redelivered command does no harm; an interrupted bundle is written again whole.
+func (t *Transfer) Bundle(ctx context.Context, args contracts.BundleArgs) (contracts.ArtifactResult, error) {
+	job := worker.JobID(ctx)
+	comp, err := checkBundleArgs(args)
+	if err != nil {
+		return contracts.ArtifactResult{}, worker.Permanent(contracts.CodeInvalidCommand, fmt.Errorf("bundle: %w", err))
+	}
+	jobDir, err := t.stage.Dir(job)
+	if err != nil {
+		return contracts.ArtifactResult{}, worker.Permanent(contracts.CodeInvalidCommand, err)
+	}
+	root, err := os.OpenRoot(jobDir)
+	if err != nil {
+		return contracts.ArtifactResult{}, fmt.Errorf("staging: %w", err)
+	}
+	defer func() { _ = root.Close() }()
+	log := logctx.From(ctx)
+	if m, ok, err := archive.Staged(ctx, root, args.Name, archive.KindArchive, comp); err != nil {
+		return contracts.ArtifactResult{}, err
+	} else if ok {
+		log.Info("bundle exists already and matches its manifest; not written again", "name", args.Name, "sha256", m.Artifact.SHA256)
+		return archive.Result(m), nil
+	}
+
+	client, conn, roots, err := t.connect(ctx, args.Host)
+	if err != nil {
+		return contracts.ArtifactResult{}, err
+	}
+	spec := remote.PullSpec{Paths: args.Paths, Since: time.Duration(args.Since), MaxSize: int64(args.MaxSize), AllowEmpty: args.AllowEmpty}
+	opts := archive.Options{Name: args.Name, Compression: comp, JobID: job, Created: time.Now()}
+	prog := &remote.Progress{}
+	end := t.track(ctx, DirPull, args.Host, args.Name, prog)
+	var res remote.Result
+	var m contracts.Manifest
+	if conn.CanStream(ctx) {
+		m, res, err = t.streamBundle(ctx, root, conn, roots, spec, opts, prog)
+	} else {
+		m, res, err = t.stagedBundle(ctx, root, jobDir, conn, roots, spec, opts, prog)
+	}
+	end(res, res.Sent)
+	if err != nil {
+		if errors.Is(err, archive.ErrUnsupported) {
+			return contracts.ArtifactResult{}, worker.Permanent(contracts.CodeInvalidCommand, fmt.Errorf("bundle: %w", err))
+		}
+		return contracts.ArtifactResult{}, t.classify(client, err)
+	}
+	log.Info("bundle written", "name", args.Name, "files", len(m.Files), "bytes", res.Bytes, "size", m.Artifact.Size, "sha256", m.Artifact.SHA256)
+	return archive.Result(m), nil
+}
+
+// streamBundle lists the files and streams them from the host into the archive.
+func (t *Transfer) streamBundle(ctx context.Context, root *os.Root, conn *remote.Conn, roots *remote.Roots, spec remote.PullSpec, opts archive.Options, prog *remote.Progress) (contracts.Manifest, remote.Result, error) {
+	var res remote.Result
+	l, err := conn.List(ctx, roots, spec)
+	if err != nil {
+		return contracts.Manifest{}, res, err
+	}
+	m, err := archive.Stage(root, opts.Name, func(w io.Writer) (contracts.Manifest, error) {
+		aw, err := archive.NewWriter(w, l.Bytes, opts)
+		if err != nil {
+			return contracts.Manifest{}, err
+		}
+		if res, err = conn.Bundle(ctx, l, aw, prog); err != nil {
+			aw.Abort()
+			return contracts.Manifest{}, err
+		}
+		return aw.Close()
+	})
+	return m, res, err
+}
+
+// stagedBundle pulls the files into a scratch directory of the job's staging, archives
+// it and removes it, whatever happened.
+func (t *Transfer) stagedBundle(ctx context.Context, root *os.Root, jobDir string, conn *remote.Conn, roots *remote.Roots, spec remote.PullSpec, opts archive.Options, prog *remote.Progress) (contracts.Manifest, remote.Result, error) {
+	scratch := ".bundle-" + opts.Name
+	spec.Dir = filepath.Join(jobDir, scratch)
+	defer func() { _ = root.RemoveAll(scratch) }()
+	res, err := conn.Pull(ctx, roots, spec, prog)
+	if err != nil {
+		return contracts.Manifest{}, res, err
+	}
+	src, err := root.OpenRoot(scratch)
+	if err != nil {
+		return contracts.Manifest{}, res, fmt.Errorf("staging: %w", err)
+	}
+	defer func() { _ = src.Close() }()
+	m, err := archive.Stage(root, opts.Name, func(w io.Writer) (contracts.Manifest, error) {
+		return archive.Write(ctx, src, w, opts)
+	})
+	return m, res, err
+}
+
+func checkBundleArgs(args contracts.BundleArgs) (string, error) {
+	if len(args.Paths) == 0 {
+		return "", errors.New("no paths to bundle")
+	}
+	if err := archive.CheckName(args.Name); err != nil {
+		return "", err
+	}
+	switch args.Compression {
+	case "":
+		return archive.Zstd, nil
+	case archive.Zstd, archive.Gzip:
+		return args.Compression, nil
+	}
+	return "", fmt.Errorf("compression %q: want zstd or gzip", args.Compression)
+}
