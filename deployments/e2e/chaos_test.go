@@ -44,6 +44,8 @@ type action struct {
 	// during names, per service, the step to kill it in when it is not the service's
 	// own: the connector holds the tunnel a dump runs through.
 	during map[string]string
+	// idle names the services that run no step of the action, and why.
+	idle map[string]string
 }
 
 var actions = []action{
@@ -75,6 +77,7 @@ var actions = []action{
 		delivered: func(t testing.TB, j contracts.Job) []string {
 			return matching(st.exec(t, "operator-pc", "ls", "-a", "/home/operator/ferry/logs/customer"), j.Created.UTC().Format(contracts.BackupTimeFormat))
 		},
+		idle: map[string]string{"archiver": "the logs stream into the bundle in transfer's bundle step"},
 	},
 }
 
@@ -114,6 +117,9 @@ func TestChaosKillServices(t *testing.T) {
 	for _, a := range actions {
 		for _, svc := range Services {
 			t.Run(a.name+"/"+svc, func(t *testing.T) {
+				if why, ok := a.idle[svc]; ok {
+					t.Skipf("%s runs no step of %s: %s", svc, a.name, why)
+				}
 				id := fmt.Sprintf("chaos-%s-%s-%d", a.name, svc, time.Now().UnixNano())
 				container := st.container(t, svc)
 				// The cleanup's and the connector's own steps take milliseconds:
