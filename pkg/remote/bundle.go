@@ -163,7 +163,7 @@ func (c *Conn) Bundle(ctx context.Context, l *Listing, sink Sink, prog *Progress
 		case hdr.Size < f.size:
 			return res, fmt.Errorf("%s shrank to %d bytes while being bundled (listed %d)", f.remote, hdr.Size, f.size)
 		}
-		r := &countingReader{r: io.LimitReader(tr, f.size), prog: prog, sent: &sent}
+		r := &countingReader{r: &memberReader{r: io.LimitReader(tr, f.size), name: f.remote}, prog: prog, sent: &sent}
 		if err := sink.File(ctx, f.rel, f.size, f.mode, f.mtime, r); err != nil {
 			return res, c.tarErr(ctx, err)
 		}
@@ -187,6 +187,23 @@ func (c *Conn) Bundle(ctx context.Context, l *Listing, sink Sink, prog *Progress
 		return res, fmt.Errorf("tar on the host: %v: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return res, nil
+}
+
+// memberReader reads a member of a tar stream, up to its listed size. The stream
+// ending early is the connection or the host's tar dying (tar pads a file that
+// shrinks), so it is said so, not passed on as an EOF the archive would take for a
+// file that shrank.
+type memberReader struct {
+	r    io.Reader
+	name string
+}
+
+func (m *memberReader) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = fmt.Errorf("the tar stream from the host ended inside %s: %w", m.name, err)
+	}
+	return n, err
 }
 
 // countingReader counts what is read into a Progress and a sent total.

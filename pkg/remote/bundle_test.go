@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,6 +79,8 @@ func TestBundleHoldsWhatAPullStages(t *testing.T) {
 	write(t, filepath.Join(e.dir, "src", "logs", "app1.log"), 1000)
 	write(t, filepath.Join(e.dir, "src", "logs", "app2.log.gz"), 2000)
 	write(t, filepath.Join(e.dir, "src", "logs", "notes.txt"), 10)
+	write(t, filepath.Join(tree, "odd name 'quoted' ü.txt"), 10)
+	write(t, filepath.Join(tree, "-dash.txt"), 10)
 	if err := os.Chmod(filepath.Join(e.dir, "src", "logs", "app1.log"), 0o640); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +105,7 @@ func TestBundleHoldsWhatAPullStages(t *testing.T) {
 		t.Fatal(err)
 	}
 	want, got := treeSums(t, spec.Dir), treeSums(t, extract(t, p, m))
-	if len(got) != 303 || len(got) != len(want) || len(m.Files) != len(want) || res.Files != len(want) {
+	if len(got) != 305 || len(got) != len(want) || len(m.Files) != len(want) || res.Files != len(want) {
 		t.Fatalf("bundle holds %d files (manifest %d, result %d), a pull stages %d", len(got), len(m.Files), res.Files, len(want))
 	}
 	for k, v := range want {
@@ -269,5 +272,36 @@ func TestBundleCancelEmptyAndNoExec(t *testing.T) {
 	}
 	if e.open(Options{NoExec: true}).CanStream(context.Background()) {
 		t.Fatal("a connection without exec cannot stream")
+	}
+}
+
+// The connection cut in the middle of a bundle fails it as a lost connection (which a
+// retry mends), not as a file that shrank.
+func TestBundleConnectionCut(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	big := filepath.Join(e.dir, "big.log")
+	write(t, big, 256<<20)
+	e.chown(e.dir)
+	c := e.open(Options{})
+	roots, _ := c.Roots(nil)
+	l, err := c.List(context.Background(), roots, PullSpec{Paths: []string{e.rel(big)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog := &Progress{}
+	go func() {
+		for prog.Done.Load() < 8<<20 {
+			time.Sleep(time.Millisecond)
+		}
+		e.sshd.SignalConnections(syscall.SIGKILL)
+	}()
+	aw, _ := archive.NewWriter(&bytes.Buffer{}, l.Bytes, archive.Options{Name: "b.tar.zst"})
+	defer aw.Abort()
+	_, err = c.Bundle(context.Background(), l, aw, prog)
+	if !errors.Is(err, ErrConnection) || strings.Contains(err.Error(), "shrank") {
+		t.Fatalf("cut connection: %v, want ErrConnection", err)
+	}
+	if prog.Done.Load() >= l.Bytes {
+		t.Fatalf("the whole file came before the cut (%d bytes)", prog.Done.Load())
 	}
 }
