@@ -267,7 +267,8 @@ func (aw *Writer) File(ctx context.Context, p string, size int64, perm fs.FileMo
 			}
 		}
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			// The reader's own end, not an error that wraps one (a stream that broke).
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
 				return aw.fail(fmt.Errorf("archive: %s shrank from %d to %d bytes while it was archived: %w", p, size, n, ErrShrank))
 			}
 			return aw.fail(fmt.Errorf("archive: reading %s: %w", p, err))

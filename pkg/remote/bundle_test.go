@@ -5,10 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -44,6 +44,45 @@ func bundleTo(t *testing.T, c *Conn, roots *Roots, spec PullSpec, prog *Progress
 	}
 	m, err := aw.Close()
 	return m, p, res, err
+}
+
+// bigBundle lists a 256 MiB file on a new host for a bundle.
+func bigBundle(t *testing.T) (*env, *Conn, *Roots, *Listing, string) {
+	t.Helper()
+	e := newEnv(t, sshtest.Options{})
+	big := filepath.Join(e.dir, "big.log")
+	write(t, big, 256<<20)
+	e.chown(e.dir)
+	c := e.open(Options{})
+	roots, _ := c.Roots(nil)
+	l, err := c.List(context.Background(), roots, PullSpec{Paths: []string{e.rel(big)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, c, roots, l, big
+}
+
+// afterBytes returns a Progress that calls f once n bytes were counted in it.
+func afterBytes(n int64, f func()) *Progress {
+	prog := &Progress{}
+	go func() {
+		for prog.Done.Load() < n {
+			time.Sleep(time.Millisecond)
+		}
+		f()
+	}()
+	return prog
+}
+
+// discardSink is an archive of l's files that goes nowhere.
+func discardSink(t *testing.T, l *Listing) *archive.Writer {
+	t.Helper()
+	aw, err := archive.NewWriter(io.Discard, l.Bytes, archive.Options{Name: "b.tar.zst"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(aw.Abort)
+	return aw
 }
 
 // extract unpacks the archive at p, checked against m, into a new directory.
@@ -135,36 +174,9 @@ func TestBundleGrowingFile(t *testing.T) {
 	e.chown(e.dir)
 	c := e.open(Options{})
 	roots, _ := c.Roots(nil)
-	stop := make(chan struct{})
-	var appended atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f, err := os.OpenFile(grow, os.O_WRONLY|os.O_APPEND, 0)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer f.Close()
-		chunk := bytes.Repeat([]byte("appended line\n"), 4096)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			n, _ := f.Write(chunk)
-			appended.Add(int64(n))
-			time.Sleep(time.Millisecond)
-		}
-	}()
-	for appended.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	stop := appendWhile(t, grow)
 	m, p, res, err := bundleTo(t, c, roots, PullSpec{Paths: []string{e.rel(grow)}}, nil)
-	time.Sleep(20 * time.Millisecond)
-	close(stop)
-	<-done
+	stop()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,21 +200,12 @@ func TestBundleVanishedOrShrunkFile(t *testing.T) {
 	roots, _ := c.Roots(nil)
 	ctx := context.Background()
 	spec := PullSpec{Paths: []string{e.rel(src) + "/*.log"}}
-	sink := func() *archive.Writer {
-		aw, err := archive.NewWriter(&bytes.Buffer{}, 0, archive.Options{Name: "b.tar.zst"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(aw.Abort)
-		return aw
-	}
-
 	l, err := c.List(ctx, roots, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	os.Remove(filepath.Join(src, "f07.log"))
-	if _, err := c.Bundle(ctx, l, sink(), nil); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "f07.log") {
+	if _, err := c.Bundle(ctx, l, discardSink(t, l), nil); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "f07.log") {
 		t.Fatalf("vanished file: %v, want ErrNotFound naming f07.log", err)
 	}
 	for _, last := range []bool{false, true} {
@@ -217,7 +220,7 @@ func TestBundleVanishedOrShrunkFile(t *testing.T) {
 		if err := os.Truncate(filepath.Join(src, name), 10); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Bundle(ctx, l, sink(), nil); err == nil || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "shrank") {
+		if _, err := c.Bundle(ctx, l, discardSink(t, l), nil); err == nil || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "shrank") {
 			t.Fatalf("shrunk file: %v, want an error naming %s", err, name)
 		}
 		write(t, filepath.Join(src, name), 1000)
@@ -228,28 +231,11 @@ func TestBundleVanishedOrShrunkFile(t *testing.T) {
 // A cancelled bundle stops at once and says so; an empty listing gives an empty
 // archive; a login without commands cannot stream.
 func TestBundleCancelEmptyAndNoExec(t *testing.T) {
-	e := newEnv(t, sshtest.Options{})
-	big := filepath.Join(e.dir, "big.log")
-	write(t, big, 256<<20)
-	e.chown(e.dir)
-	c := e.open(Options{})
-	roots, _ := c.Roots(nil)
-	l, err := c.List(context.Background(), roots, PullSpec{Paths: []string{e.rel(big)}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, c, roots, l, big := bigBundle(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	prog := &Progress{}
-	go func() {
-		for prog.Done.Load() < 8<<20 {
-			time.Sleep(time.Millisecond)
-		}
-		cancel()
-	}()
-	aw, _ := archive.NewWriter(&bytes.Buffer{}, l.Bytes, archive.Options{Name: "b.tar.zst"})
-	defer aw.Abort()
+	prog := afterBytes(8<<20, cancel)
 	start := time.Now()
-	if _, err := c.Bundle(ctx, l, aw, prog); !errors.Is(err, context.Canceled) {
+	if _, err := c.Bundle(ctx, l, discardSink(t, l), prog); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled bundle: %v", err)
 	}
 	if d := time.Since(start); d > 10*time.Second || prog.Done.Load() == l.Bytes {
@@ -278,26 +264,9 @@ func TestBundleCancelEmptyAndNoExec(t *testing.T) {
 // The connection cut in the middle of a bundle fails it as a lost connection (which a
 // retry mends), not as a file that shrank.
 func TestBundleConnectionCut(t *testing.T) {
-	e := newEnv(t, sshtest.Options{})
-	big := filepath.Join(e.dir, "big.log")
-	write(t, big, 256<<20)
-	e.chown(e.dir)
-	c := e.open(Options{})
-	roots, _ := c.Roots(nil)
-	l, err := c.List(context.Background(), roots, PullSpec{Paths: []string{e.rel(big)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	prog := &Progress{}
-	go func() {
-		for prog.Done.Load() < 8<<20 {
-			time.Sleep(time.Millisecond)
-		}
-		e.sshd.SignalConnections(syscall.SIGKILL)
-	}()
-	aw, _ := archive.NewWriter(&bytes.Buffer{}, l.Bytes, archive.Options{Name: "b.tar.zst"})
-	defer aw.Abort()
-	_, err = c.Bundle(context.Background(), l, aw, prog)
+	e, c, _, l, _ := bigBundle(t)
+	prog := afterBytes(8<<20, func() { e.sshd.SignalConnections(syscall.SIGKILL) })
+	_, err := c.Bundle(context.Background(), l, discardSink(t, l), prog)
 	if !errors.Is(err, ErrConnection) || strings.Contains(err.Error(), "shrank") {
 		t.Fatalf("cut connection: %v, want ErrConnection", err)
 	}

@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -12,6 +13,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,4 +198,42 @@ func cachestat(t *testing.T, p string) unix.Cachestat_t {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// appendWhile appends lines to the file p until the returned func is called; it
+// returns once the first lines are in, and the func once the last are.
+func appendWhile(t *testing.T, p string) (stop func()) {
+	t.Helper()
+	quit := make(chan struct{})
+	var appended atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Error(err)
+			appended.Store(-1)
+			return
+		}
+		defer f.Close()
+		chunk := bytes.Repeat([]byte("appended line\n"), 4096)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			n, _ := f.Write(chunk)
+			appended.Add(int64(n))
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	for appended.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	return func() {
+		time.Sleep(20 * time.Millisecond)
+		close(quit)
+		<-done
+	}
 }

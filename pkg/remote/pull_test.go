@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,37 +119,10 @@ func TestPullFiltersAndGrowingFile(t *testing.T) {
 	grow := filepath.Join(e.dir, "grow.log")
 	write(t, grow, 16<<20)
 	e.chown(grow)
-	stop := make(chan struct{})
-	var appended atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f, err := os.OpenFile(grow, os.O_WRONLY|os.O_APPEND, 0)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer f.Close()
-		chunk := bytes.Repeat([]byte("appended line\n"), 4096)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			n, _ := f.Write(chunk)
-			appended.Add(int64(n))
-			time.Sleep(time.Millisecond)
-		}
-	}()
 	into = t.TempDir()
-	for appended.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	stop := appendWhile(t, grow)
 	res, err = c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(grow)}, Dir: into}, nil)
-	time.Sleep(20 * time.Millisecond)
-	close(stop)
-	<-done
+	stop()
 	if err != nil {
 		t.Fatal(err)
 	}
