@@ -54,6 +54,15 @@ const (
 // A ~1 GiB PostgreSQL database: `ferry backup db` (connect, tunnel, pg_dump -Fc through
 // the tunnel, verify, deliver) vs ssh -L + pg_dump -Fc through it + scp to the operator.
 
+// jobTurn is one turn of a backup job: the job, the machine's CPU meanwhile, and the
+// size of what it delivered.
+type jobTurn struct {
+	job   *contracts.Job
+	meter *cpuMeter
+	cpu   float64
+	size  int64
+}
+
 func BenchmarkOpenSSHDBBackup1GiB(b *testing.B) {
 	benchFacts()
 	pg := dbtest.StartPostgres(b)
@@ -106,18 +115,12 @@ FROM generate_series(%d, %d) g`, rows+1, rows+n))
 
 	// ferry's job and the tools by hand take benchTurns alternating turns each, every
 	// turn settled first (see alternate): one run of either varies by up to 1.2× here.
-	type ferryTurn struct {
-		job   *contracts.Job
-		meter *cpuMeter
-		cpu   float64
-		size  int64
-	}
 	type handTurn struct {
 		tun, dump, hop time.Duration
 		cpu            float64
 		size           int64
 	}
-	var ferryTurns []ferryTurn
+	var ferryTurns []jobTurn
 	var handTurns []handTurn
 	ferryRuns, handRuns := alternate(benchTurns, func() time.Duration {
 		// ferry: the job, from `ferry backup db` to its last step.
@@ -138,7 +141,7 @@ FROM generate_series(%d, %d) g`, rows+1, rows+n))
 			b.Fatal(err)
 		}
 		os.RemoveAll(delivered)
-		ferryTurns = append(ferryTurns, ferryTurn{job: job, meter: meter, cpu: cpu, size: fi.Size()})
+		ferryTurns = append(ferryTurns, jobTurn{job: job, meter: meter, cpu: cpu, size: fi.Size()})
 		return d
 	}, func() time.Duration {
 		var t handTurn
@@ -206,18 +209,12 @@ func BenchmarkOpenSSHLogBackup2GiB(b *testing.B) {
 
 	// Ferry and the pipeline take benchTurns alternating turns each (see alternate and
 	// the update's benchmark): what one side frees, the other's writes find at hand.
-	type ferryTurn struct {
-		job   *contracts.Job
-		meter *cpuMeter
-		cpu   float64
-		size  int64
-	}
 	type handTurn struct {
 		pull, hop time.Duration
 		cpu       float64
 		size      int64
 	}
-	var ferryTurns []ferryTurn
+	var ferryTurns []jobTurn
 	var handTurns []handTurn
 	rel, _ := filepath.Rel(j.home, logs)
 	ferryRuns, handRuns := alternate(benchTurns, func() time.Duration {
@@ -238,7 +235,7 @@ func BenchmarkOpenSSHLogBackup2GiB(b *testing.B) {
 			b.Fatal(err)
 		}
 		os.RemoveAll(delivered)
-		ferryTurns = append(ferryTurns, ferryTurn{job: job, meter: meter, cpu: cpu, size: fi.Size()})
+		ferryTurns = append(ferryTurns, jobTurn{job: job, meter: meter, cpu: cpu, size: fi.Size()})
 		return d
 	}, func() time.Duration {
 		// By hand: tar on the customer through ssh, zstd here (the helpdesk), scp onward.

@@ -119,7 +119,7 @@ type entry struct {
 // files, or a non-portable name, is refused with ErrUnsupported before anything is
 // written. A file that changes size while it is archived fails the write.
 func Write(ctx context.Context, src *os.Root, w io.Writer, opts Options) (contracts.Manifest, error) {
-	if err := checkCompression(opts.Compression); err != nil {
+	if _, err := ParseCompression(opts.Compression); err != nil {
 		return contracts.Manifest{}, err
 	}
 	entries, total, err := scan(ctx, src)
@@ -144,11 +144,16 @@ func Write(ctx context.Context, src *os.Root, w io.Writer, opts Options) (contra
 	return aw.Close()
 }
 
-func checkCompression(comp string) error {
-	if comp != "" && comp != Zstd && comp != Gzip {
-		return fmt.Errorf("%w: compression %q (want zstd or gzip)", ErrUnsupported, comp)
+// ParseCompression returns the compression c names: Zstd for "" (the default), Zstd
+// or Gzip; anything else is ErrUnsupported.
+func ParseCompression(c string) (string, error) {
+	switch c {
+	case "":
+		return Zstd, nil
+	case Zstd, Gzip:
+		return c, nil
 	}
-	return nil
+	return "", fmt.Errorf("%w: compression %q (want zstd or gzip)", ErrUnsupported, c)
 }
 
 // Writer writes an archive entry by entry, for sources that are not a local tree (a
@@ -172,16 +177,12 @@ type Writer struct {
 // NewWriter starts an archive written to w. total is the sum of the sizes of the
 // files that will be added, for opts.Progress.
 func NewWriter(w io.Writer, total int64, opts Options) (*Writer, error) {
-	if err := checkCompression(opts.Compression); err != nil {
+	comp, err := ParseCompression(opts.Compression)
+	if err != nil {
 		return nil, err
-	}
-	comp := opts.Compression
-	if comp == "" {
-		comp = Zstd
 	}
 	out := newHashCounter(w)
 	var zw io.WriteCloser
-	var err error
 	switch comp {
 	case Zstd:
 		zw, err = newFrameWriter(out, opts.zstdConcurrency,

@@ -36,9 +36,6 @@ type Listing struct {
 	Bytes int64
 }
 
-// Files is how many regular files are listed.
-func (l *Listing) Files() int { return len(l.files) }
-
 // List lists what spec selects on the host (spec.Dir is not used), as Pull does: a
 // missing path or an empty result is ErrNotFound unless spec.AllowEmpty.
 func (c *Conn) List(ctx context.Context, roots *Roots, spec PullSpec) (*Listing, error) {
@@ -147,15 +144,18 @@ func (c *Conn) Bundle(ctx context.Context, l *Listing, sink Sink, prog *Progress
 			continue
 		}
 		f := e.file
+		vanished := func() error {
+			return fmt.Errorf("%s vanished while being bundled (tar said: %s): %w", f.remote, firstLine(stderr.String(), member(f)), ErrNotFound)
+		}
 		hdr, err := tr.Next()
 		switch {
 		case err == io.EOF:
-			return res, c.tarErr(ctx, fmt.Errorf("%s vanished while being bundled (tar said: %s): %w", f.remote, firstLine(stderr.String(), member(f)), ErrNotFound))
+			return res, c.tarErr(ctx, vanished())
 		case err != nil:
 			return res, c.tarErr(ctx, fmt.Errorf("tar stream from the host: %w (tar said: %s)", err, stderr.String()))
 		case hdr.Name != member(f):
 			if slices.ContainsFunc(entries[i+1:], func(l bundleEntry) bool { return l.file != nil && member(l.file) == hdr.Name }) {
-				return res, fmt.Errorf("%s vanished while being bundled (tar said: %s): %w", f.remote, firstLine(stderr.String(), member(f)), ErrNotFound)
+				return res, vanished()
 			}
 			return res, fmt.Errorf("%w: tar on the host sent %q where %q was due", ErrInvalidPath, hdr.Name, member(f))
 		case hdr.Typeflag != tar.TypeReg:
@@ -163,7 +163,7 @@ func (c *Conn) Bundle(ctx context.Context, l *Listing, sink Sink, prog *Progress
 		case hdr.Size < f.size:
 			return res, fmt.Errorf("%s shrank to %d bytes while being bundled (listed %d)", f.remote, hdr.Size, f.size)
 		}
-		r := &countingReader{r: &memberReader{r: io.LimitReader(tr, f.size), name: f.remote}, prog: prog, sent: &sent}
+		r := &sizedReader{r: &memberReader{r: io.LimitReader(tr, f.size), name: f.remote}, size: f.size, prog: prog, sent: &sent}
 		if err := sink.File(ctx, f.rel, f.size, f.mode, f.mtime, r); err != nil {
 			return res, c.tarErr(ctx, err)
 		}
@@ -203,19 +203,5 @@ func (m *memberReader) Read(p []byte) (int, error) {
 	if errors.Is(err, io.ErrUnexpectedEOF) {
 		err = fmt.Errorf("the tar stream from the host ended inside %s: %w", m.name, err)
 	}
-	return n, err
-}
-
-// countingReader counts what is read into a Progress and a sent total.
-type countingReader struct {
-	r    io.Reader
-	prog *Progress
-	sent *atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.prog.add(int64(n))
-	c.sent.Add(int64(n))
 	return n, err
 }

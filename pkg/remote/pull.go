@@ -123,7 +123,6 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) ([]pullFil
 	}
 	var files []pullFile
 	byRel := map[string]string{}
-	skippedLinks := 0
 	for _, s := range srcs {
 		base := s.name
 		if s.info.IsDir() && !hasMeta(s.given) {
@@ -131,8 +130,7 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) ([]pullFil
 		}
 		err := c.walk(ctx, s.real, s.info, func(rel string, fi fs.FileInfo) error {
 			if fi.Mode()&fs.ModeSymlink != 0 {
-				skippedLinks++ // links inside a tree are not followed: they may lead anywhere
-				return nil
+				return nil // links inside a tree are not followed: they may lead anywhere
 			}
 			if !fi.Mode().IsRegular() {
 				return nil
@@ -161,7 +159,6 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) ([]pullFil
 		}
 		return nil, fmt.Errorf("%s: no file to pull: %w", what, ErrNotFound)
 	}
-
 	return files, nil
 }
 

@@ -268,9 +268,6 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 	}
 }
 
-// A landed file is flushed to the host's disk before it is renamed into place, and its
-// directory after, so that a power loss of the host cannot leave a torn file under its
-// final name. sftp-server's own log shows the order of the operations.
 // A file pushed with a follower leaves the host's page cache as it found it: what
 // landed was flushed and dropped behind the hash.
 func TestPutDropsLandedPagesOnTheHost(t *testing.T) {
@@ -300,6 +297,9 @@ func TestPutDropsLandedPagesOnTheHost(t *testing.T) {
 	}
 }
 
+// A landed file is flushed to the host's disk before it is renamed into place, and its
+// directory after, so that a power loss of the host cannot leave a torn file under its
+// final name. sftp-server's own log shows the order of the operations.
 func TestPutFlushesBeforeRename(t *testing.T) {
 	for _, tc := range []struct {
 		name     string

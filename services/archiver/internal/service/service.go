@@ -125,13 +125,9 @@ func (a *archiver) archive(ctx context.Context, job string, args contracts.Archi
 
 // checkArchiveArgs refuses arguments that can never succeed and returns the compression.
 func checkArchiveArgs(args contracts.ArchiveArgs) (string, error) {
-	comp := args.Compression
-	switch comp {
-	case "":
-		comp = archive.Zstd
-	case archive.Zstd, archive.Gzip:
-	default:
-		return "", fmt.Errorf("compression %q: want zstd or gzip", args.Compression)
+	comp, err := archive.ParseCompression(args.Compression)
+	if err != nil {
+		return "", err
 	}
 	if err := archive.CheckName(args.Name); err != nil {
 		return "", err

@@ -122,11 +122,5 @@ func checkBundleArgs(args contracts.BundleArgs) (string, error) {
 	if err := archive.CheckName(args.Name); err != nil {
 		return "", err
 	}
-	switch args.Compression {
-	case "":
-		return archive.Zstd, nil
-	case archive.Zstd, archive.Gzip:
-		return args.Compression, nil
-	}
-	return "", fmt.Errorf("compression %q: want zstd or gzip", args.Compression)
+	return archive.ParseCompression(args.Compression)
 }
