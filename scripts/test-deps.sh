@@ -4,8 +4,10 @@
 # client tools, and MariaDB server + client (the dump tests start their own throwaway
 # mariadbd; the system's MariaDB service is never started), and promtool (Debian's
 # prometheus package: the metrics, alert-rule and dashboard checks; the Prometheus
-# service it brings is not started). PostgreSQL 15 server + client are expected on the
-# machine image and installed here only when missing.
+# service it brings is not started). PostgreSQL 15 server + client, and python3 (a
+# large pushed file is hashed on the host by python3 where the host has it, and the
+# test hosts are this machine), are expected on the machine image and installed here
+# only when missing.
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 
@@ -20,6 +22,7 @@ command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb-dump >/dev/null 2>&1 || missing+=(mariadb-client)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/bin/python3 ] || missing+=(python3) # the test hosts' push follower (pkg/remote)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

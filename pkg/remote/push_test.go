@@ -52,12 +52,19 @@ func TestPutVerifiesBeforeRename(t *testing.T) {
 		name   string
 		config []string
 		follow bool // hash on the host while writing, in 4 MiB segments
-	}{{"exec", nil, false}, {"exec-follow", nil, true}, {"sftp-only", []string{"ForceCommand internal-sftp"}, false}} {
+		python bool // the follower in Python, else the shell pipeline
+	}{
+		{"exec", nil, false, false},
+		{"exec-follow-python", nil, true, true},
+		{"exec-follow-shell", nil, true, false},
+		{"sftp-only", []string{"ForceCommand internal-sftp"}, false, false},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.follow {
 				min, seg := followMin, followSegment
 				followMin, followSegment = 1<<20, 4<<20
 				t.Cleanup(func() { followMin, followSegment = min, seg })
+				withFollower(t, tc.python)
 			}
 			e := newEnv(t, sshtest.Options{Config: tc.config})
 			local := filepath.Join(t.TempDir(), "update.tar.zst")
@@ -216,12 +223,19 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 		name   string
 		config []string
 		follow bool // hash on the host while writing, in 4 MiB segments
-	}{{"exec", nil, false}, {"exec-follow", nil, true}, {"sftp-only", []string{"ForceCommand internal-sftp"}, false}} {
+		python bool // the follower in Python, else the shell pipeline
+	}{
+		{"exec", nil, false, false},
+		{"exec-follow-python", nil, true, true},
+		{"exec-follow-shell", nil, true, false},
+		{"sftp-only", []string{"ForceCommand internal-sftp"}, false, false},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.follow {
 				min, seg := followMin, followSegment
 				followMin, followSegment = 1<<20, 4<<20
 				t.Cleanup(func() { followMin, followSegment = min, seg })
+				withFollower(t, tc.python)
 			}
 			e := newEnv(t, sshtest.Options{Config: tc.config})
 			dest := filepath.Join(e.dir, "opt-app")
@@ -274,26 +288,31 @@ func TestPutDropsLandedPagesOnTheHost(t *testing.T) {
 	min, seg := followMin, followSegment
 	followMin, followSegment = 1<<20, 4<<20
 	t.Cleanup(func() { followMin, followSegment = min, seg })
-	e := newEnv(t, sshtest.Options{})
-	dest := filepath.Join(e.dir, "dest")
-	if err := os.Mkdir(dest, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	e.chown(dest)
-	local := filepath.Join(t.TempDir(), "update.tar.zst")
-	write(t, local, 40<<20)
-	u := upload(t, local, dest, "update.tar.zst", "job1")
-	var sent atomic.Int64
-	if err := e.open(Options{}).Put(context.Background(), u, nil, &sent); err != nil {
-		t.Fatal(err)
-	}
-	final := filepath.Join(dest, u.Name)
-	checkFlushed(t, dest, 1)
-	if n := cachedBytes(t, final); n > 1<<20 {
-		t.Errorf("%d bytes of the 40 MiB landed are still in the host's page cache", n)
-	}
-	if got := fileSHA(t, final); got != u.SHA256 { // (reads it into the cache again)
-		t.Fatalf("landed sha %s, want %s", got, u.SHA256)
+	for _, follower := range []string{"python", "shell"} {
+		t.Run(follower, func(t *testing.T) {
+			withFollower(t, follower == "python")
+			e := newEnv(t, sshtest.Options{})
+			dest := filepath.Join(e.dir, "dest")
+			if err := os.Mkdir(dest, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			e.chown(dest)
+			local := filepath.Join(t.TempDir(), "update.tar.zst")
+			write(t, local, 40<<20)
+			u := upload(t, local, dest, "update.tar.zst", "job1")
+			var sent atomic.Int64
+			if err := e.open(Options{}).Put(context.Background(), u, nil, &sent); err != nil {
+				t.Fatal(err)
+			}
+			final := filepath.Join(dest, u.Name)
+			checkFlushed(t, dest, 1)
+			if n := cachedBytes(t, final); n > 1<<20 {
+				t.Errorf("%d bytes of the 40 MiB landed are still in the host's page cache", n)
+			}
+			if got := fileSHA(t, final); got != u.SHA256 { // (reads it into the cache again)
+				t.Fatalf("landed sha %s, want %s", got, u.SHA256)
+			}
+		})
 	}
 }
 
