@@ -33,6 +33,13 @@ var (
 // output is the hex digest; a short read (the file shrank) exits non-zero.
 const followPy = `import hashlib, os, sys, threading
 fd = os.open(sys.argv[1], os.O_RDONLY)
+flush = getattr(os, "fdatasync", os.fsync)
+advise = getattr(os, "posix_fadvise", None)  # not on every system
+
+def drop(end):
+    if advise:
+        advise(fd, 0, end, os.POSIX_FADV_DONTNEED)
+
 cv = threading.Condition()
 todo = []  # offsets hashed up to, for the thread behind; -1 ends it
 
@@ -46,8 +53,8 @@ def behind():
         if end < 0:
             return
         try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, end, os.POSIX_FADV_DONTNEED)
+            flush(fd)
+            drop(end)
         except OSError:
             pass
 
@@ -73,7 +80,10 @@ try:
 finally:
     mark(-1)
     t.join()
-os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+try:
+    drop(0)  # length 0: to the end of the file
+except OSError:
+    pass
 print(h.hexdigest())
 `
 
