@@ -130,10 +130,10 @@ func (c *Conn) follow(ctx context.Context, p string) *follower {
 		s.Close()
 		return nil
 	}
-	// Each acknowledged span also starts its way to the disk (sync -d FILE: fdatasync,
-	// coreutils ≥ 8.24), so the fsync before the rename finds little left: it took
-	// 0.3 s per GiB at the end; once flushed, the pages are dropped (dd: coreutils
-	// ≥ 8.20).
+	// The pipeline: each acknowledged span also starts its way to the disk (sync -d
+	// FILE: fdatasync, coreutils ≥ 8.24), so the fsync before the rename finds little
+	// left: it took 0.3 s per GiB at the end; once flushed, the pages are dropped (dd:
+	// coreutils ≥ 8.20).
 	q := Quote(p)
 	behind := `{ sync -d -- ` + q + ` && dd if=` + q + ` of=/dev/null bs=1M iflag=nocache,skip_bytes,count_bytes skip="$o" count="$n" status=none; } >/dev/null 2>&1 & o=$((o+n));`
 	// At the end (the file flushed by then: sum comes after Put's fsync) one drop of
@@ -141,7 +141,7 @@ func (c *Conn) follow(ctx context.Context, p string) *follower {
 	// straddling two spans.
 	last := `dd if=` + q + ` iflag=nocache count=0 status=none >/dev/null 2>&1;`
 	cmd := "exec 3< " + q + ` && { o=0; while read -r n; do head -c "$n" <&3 || exit 1; ` + behind + ` done; wait; ` + last + ` } | ` + c.hashStdin
-	if followPython {
+	if followPython { // followPy where the host has python3, else the pipeline
 		cmd = "command -v python3 >/dev/null 2>&1 && exec python3 -c " + Quote(followPy) + " " + q + "; " + cmd
 	}
 	if err := s.Start(cmd); err != nil {

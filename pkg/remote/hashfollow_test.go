@@ -12,13 +12,14 @@ import (
 	"github.com/ferrydesk/ferry/pkg/sshtest"
 )
 
-// withFollower runs the test with the follower in Python (where the host has python3)
-// or as the shell pipeline.
+// withFollower has the test's pushes of 1 MiB or more hashed on the host while they
+// land, in 4 MiB segments, by the follower in Python (the host has python3) or by the
+// shell pipeline.
 func withFollower(t *testing.T, python bool) {
 	t.Helper()
-	old := followPython
-	followPython = python
-	t.Cleanup(func() { followPython = old })
+	min, seg, py := followMin, followSegment, followPython
+	followMin, followSegment, followPython = 1<<20, 4<<20, python
+	t.Cleanup(func() { followMin, followSegment, followPython = min, seg, py })
 	if python {
 		// The host is this machine, logged in to as the test user (its PATH).
 		if _, err := exec.LookPath("/usr/bin/python3"); err != nil {

@@ -61,9 +61,6 @@ func TestPutVerifiesBeforeRename(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.follow {
-				min, seg := followMin, followSegment
-				followMin, followSegment = 1<<20, 4<<20
-				t.Cleanup(func() { followMin, followSegment = min, seg })
 				withFollower(t, tc.python)
 			}
 			e := newEnv(t, sshtest.Options{Config: tc.config})
@@ -232,9 +229,6 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.follow {
-				min, seg := followMin, followSegment
-				followMin, followSegment = 1<<20, 4<<20
-				t.Cleanup(func() { followMin, followSegment = min, seg })
 				withFollower(t, tc.python)
 			}
 			e := newEnv(t, sshtest.Options{Config: tc.config})
@@ -285,9 +279,6 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 // A file pushed with a follower leaves the host's page cache as it found it: what
 // landed was flushed and dropped behind the hash.
 func TestPutDropsLandedPagesOnTheHost(t *testing.T) {
-	min, seg := followMin, followSegment
-	followMin, followSegment = 1<<20, 4<<20
-	t.Cleanup(func() { followMin, followSegment = min, seg })
 	for _, follower := range []string{"python", "shell"} {
 		t.Run(follower, func(t *testing.T) {
 			withFollower(t, follower == "python")
