@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"os/user"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/archive"
@@ -67,6 +70,29 @@ func TestSystemUpdate(t *testing.T) {
 		}
 		sameTree(t, filepath.Join(out, "app-2.3.1"), want)
 		s.nothingLeft("up-archive")
+	})
+
+	// The same files give the same archive, job after job: nothing of when or where
+	// they were copied and staged goes into it (directories keep their host's times).
+	t.Run("same files, same archive", func(t *testing.T) {
+		var sums []string
+		for _, id := range []string{"up-same-1", "up-same-2"} {
+			r := ferry(t, env, "update", "--id", id, "--from", "operator-pc", "--files", filepath.Base(src)+"/app-2.3.1",
+				"--to", "customer", "--dest", dest+"/same", "--wait")
+			if r.code != 0 {
+				t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			data, err := os.ReadFile(filepath.Join(dest, "same", "update-"+id+".tar.zst"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := sha256.Sum256(data)
+			sums = append(sums, hex.EncodeToString(sum[:]))
+			time.Sleep(1100 * time.Millisecond) // a staged directory's own time would differ
+		}
+		if sums[0] != sums[1] {
+			t.Fatalf("two updates of the same files gave archives %s and %s", sums[0], sums[1])
+		}
 	})
 
 	t.Run("unpack", func(t *testing.T) {

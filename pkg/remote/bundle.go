@@ -32,6 +32,7 @@ type Sink interface {
 // paths below the bundle's root, sizes, modes and modification times.
 type Listing struct {
 	files []pullFile
+	dirs  []pullDir // those holding files, sorted by path
 	// Bytes is the sum of the listed sizes: what the bundle reads.
 	Bytes int64
 }
@@ -42,15 +43,7 @@ func (c *Conn) List(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 	if len(spec.Paths) == 0 {
 		return nil, fmt.Errorf("%w: no paths to bundle", ErrInvalidPath)
 	}
-	files, err := c.list(ctx, roots, spec)
-	if err != nil {
-		return nil, err
-	}
-	l := &Listing{files: files}
-	for _, f := range files {
-		l.Bytes += f.size
-	}
-	return l, nil
+	return c.list(ctx, roots, spec)
 }
 
 // CanStream reports whether Bundle can stream from the host: it runs commands and has
@@ -58,33 +51,38 @@ func (c *Conn) List(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 // them there instead.
 func (c *Conn) CanStream(ctx context.Context) bool { return c.canTar(ctx) }
 
-// bundleDirPerm is the mode of the directories of a bundle: they are implied by the
-// files' paths, not read from the host.
+// bundleDirPerm is the mode of a bundle's directory that was not listed (none is, so
+// far: every directory holding a listed file was walked).
 const bundleDirPerm = 0o755
 
 type bundleEntry struct {
-	path string
-	file *pullFile // nil for a directory
-	dir  time.Time // a directory's mtime: its newest file's
+	path  string
+	file  *pullFile   // nil for a directory
+	mtime time.Time   // a directory's
+	perm  fs.FileMode // a directory's
 }
 
-// bundleEntries returns the directories the listed files imply and the files, sorted
-// by path as archives are.
-func bundleEntries(files []pullFile) []bundleEntry {
-	dirs := map[string]time.Time{}
-	for _, f := range files {
+// bundleEntries returns the directories holding l's files and the files, sorted by
+// path as archives are. A directory has the mode and time a pull stages it with (see
+// pullDir), so that a bundle has the bytes of an archive of what a pull stages.
+func bundleEntries(l *Listing) []bundleEntry {
+	dirs := map[string]bundleEntry{}
+	for _, f := range l.files {
 		for d := path.Dir(f.rel); d != "."; d = path.Dir(d) {
-			if t, ok := dirs[d]; !ok || f.mtime.After(t) {
-				dirs[d] = f.mtime
+			if e, ok := dirs[d]; !ok || f.mtime.After(e.mtime) {
+				dirs[d] = bundleEntry{path: d, mtime: f.mtime, perm: bundleDirPerm}
 			}
 		}
 	}
-	entries := make([]bundleEntry, 0, len(dirs)+len(files))
-	for d, t := range dirs {
-		entries = append(entries, bundleEntry{path: d, dir: t})
+	for _, d := range l.dirs {
+		dirs[d.rel] = bundleEntry{path: d.rel, mtime: d.mtime, perm: d.mode | 0o700}
 	}
-	for i := range files {
-		entries = append(entries, bundleEntry{path: files[i].rel, file: &files[i]})
+	entries := make([]bundleEntry, 0, len(dirs)+len(l.files))
+	for _, e := range dirs {
+		entries = append(entries, e)
+	}
+	for i := range l.files {
+		entries = append(entries, bundleEntry{path: l.files[i].rel, file: &l.files[i]})
 	}
 	slices.SortFunc(entries, func(a, b bundleEntry) int { return strings.Compare(a.path, b.path) })
 	return entries
@@ -98,7 +96,7 @@ func bundleEntries(files []pullFile) []bundleEntry {
 func (c *Conn) Bundle(ctx context.Context, l *Listing, sink Sink, prog *Progress) (res Result, err error) {
 	res = Result{Bytes: l.Bytes, Files: len(l.files)}
 	prog.setTotal(l.Bytes)
-	entries := bundleEntries(l.files)
+	entries := bundleEntries(l)
 	if len(l.files) == 0 {
 		return res, nil
 	}
@@ -138,7 +136,7 @@ func (c *Conn) Bundle(ctx context.Context, l *Listing, sink Sink, prog *Progress
 	tr := tar.NewReader(stdout)
 	for i, e := range entries {
 		if e.file == nil {
-			if err := sink.Dir(e.path, bundleDirPerm, e.dir); err != nil {
+			if err := sink.Dir(e.path, e.perm, e.mtime); err != nil {
 				return res, err
 			}
 			continue

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,7 +108,10 @@ func extract(t *testing.T, p string, m contracts.Manifest) string {
 
 // A bundle streamed from the host holds exactly what a pull of the same paths stages
 // (nested directories, many small files, a large one, a glob), with modes and times,
-// and its manifest says so; a link inside the tree stays out of both.
+// and its manifest says so; a link inside the tree stays out of both. Its bytes are
+// those of an archive of the staged tree (directories included: each keeps its
+// mode and time from the host), so a host without a shell, whose bundle is pulled and
+// archived, gives the same bundle.
 func TestBundleHoldsWhatAPullStages(t *testing.T) {
 	e := newEnv(t, sshtest.Options{})
 	tree := filepath.Join(e.dir, "src", "tree")
@@ -127,6 +131,16 @@ func TestBundleHoldsWhatAPullStages(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.chown(e.dir)
+	for i, d := range []string{"d00", "d03/sub", "d06", ""} {
+		p := filepath.Join(tree, d)
+		if err := os.Chmod(p, []fs.FileMode{0o750, 0o711, 0o555, 0o755}[i]); err != nil {
+			t.Fatal(err)
+		}
+		mt := time.Date(2025, 3, 1+i, 10, 0, 0, 0, time.UTC)
+		if err := os.Chtimes(p, mt, mt); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c := e.open(Options{})
 	if !c.CanStream(context.Background()) {
 		t.Fatal("the test sshd runs GNU tar over exec: CanStream must hold")
@@ -163,6 +177,29 @@ func TestBundleHoldsWhatAPullStages(t *testing.T) {
 	}
 	if res.Bytes != pulled.Bytes || res.Sent != res.Bytes || prog.Done.Load() != res.Bytes || prog.Total.Load() != res.Bytes {
 		t.Errorf("result %+v, progress %d/%d; a pull moved %d bytes", res, prog.Done.Load(), prog.Total.Load(), pulled.Bytes)
+	}
+	for i, d := range []string{"d00", "d03/sub", "d06"} {
+		fi, err := os.Stat(filepath.Join(spec.Dir, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantMode := []fs.FileMode{0o750, 0o711, 0o555}[i] | 0o700
+		if mt := time.Date(2025, 3, 1+i, 10, 0, 0, 0, time.UTC); fi.Mode().Perm() != wantMode || !fi.ModTime().Equal(mt) {
+			t.Errorf("staged %s: mode %o, mtime %s; want %o, %s (the host's)", d, fi.Mode().Perm(), fi.ModTime(), wantMode, mt)
+		}
+	}
+	staged, err := os.OpenRoot(spec.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer staged.Close()
+	var buf bytes.Buffer
+	sm, err := archive.Write(context.Background(), staged, &buf, archive.Options{Name: "bundle.tar.zst"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sm.Artifact.SHA256 != m.Artifact.SHA256 {
+		t.Errorf("the bundle (SHA-256 %s) differs from an archive of the pulled tree (%s)", m.Artifact.SHA256, sm.Artifact.SHA256)
 	}
 }
 

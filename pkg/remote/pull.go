@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -44,6 +45,16 @@ type pullFile struct {
 	mode   fs.FileMode
 }
 
+// pullDir is a directory on the host that holds pulled files: its staged copy takes
+// its permission bits (with the owner's rwx added: staging must stay writable and
+// removable) and its modification time, once the files are in, so that an archive
+// of the staged tree does not carry the time it was staged.
+type pullDir struct {
+	rel   string
+	mtime time.Time
+	mode  fs.FileMode
+}
+
 // Pull copies files from the host into spec.Dir, relative structure preserved, several
 // files at once; many small files come in one tar stream where the host has GNU tar
 // (see pullTar). Each file is written to a temporary name (".<name>.ferry-part") and
@@ -55,10 +66,11 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	if len(spec.Paths) == 0 {
 		return res, fmt.Errorf("%w: no paths to pull", ErrInvalidPath)
 	}
-	files, err := c.list(ctx, roots, spec)
+	l, err := c.list(ctx, roots, spec)
 	if err != nil {
 		return res, err
 	}
+	files := l.files
 
 	if err := os.MkdirAll(spec.Dir, 0o750); err != nil {
 		return res, fmt.Errorf("staging: %w", err)
@@ -103,6 +115,16 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	if err != nil {
 		return res, err
 	}
+	// Deepest first: a directory's time is set once nothing changes in it.
+	for _, d := range slices.Backward(l.dirs) {
+		p := filepath.FromSlash(d.rel)
+		if err := root.Chmod(p, d.mode|0o700); err != nil {
+			return res, fmt.Errorf("staging: %w", err)
+		}
+		if err := root.Chtimes(p, d.mtime, d.mtime); err != nil {
+			return res, fmt.Errorf("staging: %w", err)
+		}
+	}
 	if err := staging.Flush(spec.Dir); err != nil {
 		return res, fmt.Errorf("staging: %w", err)
 	}
@@ -115,14 +137,16 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 
 // list expands spec's paths on the host into the regular files to pull, filtered by
 // Since and MaxSize and sorted by their path below spec.Dir. Links inside a tree are
-// not followed; two files that would land on one path are refused.
-func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) ([]pullFile, error) {
+// not followed; two files that would land on one path are refused. The directories
+// listed are those that hold a listed file, sorted by path.
+func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing, error) {
 	srcs, err := c.expand(ctx, roots, spec.Paths, spec.AllowEmpty)
 	if err != nil {
 		return nil, err
 	}
 	var files []pullFile
 	byRel := map[string]string{}
+	dirs := map[string]pullDir{}
 	for _, s := range srcs {
 		base := s.name
 		if s.info.IsDir() && !hasMeta(s.given) {
@@ -131,6 +155,12 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) ([]pullFil
 		err := c.walk(ctx, s.real, s.info, func(rel string, fi fs.FileInfo) error {
 			if fi.Mode()&fs.ModeSymlink != 0 {
 				return nil // links inside a tree are not followed: they may lead anywhere
+			}
+			if fi.IsDir() {
+				if r := path.Join(base, rel); r != "" {
+					dirs[r] = pullDir{rel: r, mtime: fi.ModTime(), mode: fi.Mode().Perm()}
+				}
+				return nil
 			}
 			if !fi.Mode().IsRegular() {
 				return nil
@@ -159,7 +189,19 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) ([]pullFil
 		}
 		return nil, fmt.Errorf("%s: no file to pull: %w", what, ErrNotFound)
 	}
-	return files, nil
+	l := &Listing{files: files}
+	held := map[string]bool{}
+	for _, f := range files {
+		l.Bytes += f.size
+		for d := path.Dir(f.rel); d != "." && !held[d]; d = path.Dir(d) {
+			held[d] = true
+			if meta, ok := dirs[d]; ok {
+				l.dirs = append(l.dirs, meta)
+			}
+		}
+	}
+	slices.SortFunc(l.dirs, func(a, b pullDir) int { return strings.Compare(a.rel, b.rel) })
+	return l, nil
 }
 
 // filterFiles keeps the files modified within since (when set) and, when maxSize is
