@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"path"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -51,10 +50,6 @@ func (c *Conn) List(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 // them there instead.
 func (c *Conn) CanStream(ctx context.Context) bool { return c.canTar(ctx) }
 
-// bundleDirPerm is the mode of a bundle's directory that was not listed (none is, so
-// far: every directory holding a listed file was walked).
-const bundleDirPerm = 0o755
-
 type bundleEntry struct {
 	path  string
 	file  *pullFile   // nil for a directory
@@ -66,20 +61,9 @@ type bundleEntry struct {
 // path as archives are. A directory has the mode and time a pull stages it with (see
 // pullDir), so that a bundle has the bytes of an archive of what a pull stages.
 func bundleEntries(l *Listing) []bundleEntry {
-	dirs := map[string]bundleEntry{}
-	for _, f := range l.files {
-		for d := path.Dir(f.rel); d != "."; d = path.Dir(d) {
-			if e, ok := dirs[d]; !ok || f.mtime.After(e.mtime) {
-				dirs[d] = bundleEntry{path: d, mtime: f.mtime, perm: bundleDirPerm}
-			}
-		}
-	}
+	entries := make([]bundleEntry, 0, len(l.dirs)+len(l.files))
 	for _, d := range l.dirs {
-		dirs[d.rel] = bundleEntry{path: d.rel, mtime: d.mtime, perm: d.mode | 0o700}
-	}
-	entries := make([]bundleEntry, 0, len(dirs)+len(l.files))
-	for _, e := range dirs {
-		entries = append(entries, e)
+		entries = append(entries, bundleEntry{path: d.rel, mtime: d.mtime, perm: d.perm()})
 	}
 	for i := range l.files {
 		entries = append(entries, bundleEntry{path: l.files[i].rel, file: &l.files[i]})

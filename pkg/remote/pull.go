@@ -55,6 +55,9 @@ type pullDir struct {
 	mode  fs.FileMode
 }
 
+// perm is the staged directory's mode.
+func (d pullDir) perm() fs.FileMode { return d.mode | 0o700 }
+
 // Pull copies files from the host into spec.Dir, relative structure preserved, several
 // files at once; many small files come in one tar stream where the host has GNU tar
 // (see pullTar). Each file is written to a temporary name (".<name>.ferry-part") and
@@ -80,16 +83,12 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 		return res, fmt.Errorf("staging: %w", err)
 	}
 	defer root.Close()
-	dirs := map[string]bool{}
-	for _, f := range files {
-		res.Bytes += f.size
-		if d := path.Dir(f.rel); d != "." && !dirs[d] {
-			dirs[d] = true
-			if err := root.MkdirAll(filepath.FromSlash(d), 0o750); err != nil {
-				return res, fmt.Errorf("staging: %w", err)
-			}
+	for _, d := range l.dirs {
+		if err := root.MkdirAll(filepath.FromSlash(d.rel), 0o750); err != nil {
+			return res, fmt.Errorf("staging: %w", err)
 		}
 	}
+	res.Bytes = l.Bytes
 	prog.setTotal(res.Bytes)
 	var sent atomic.Int64
 	viaTar, viaSFTP := c.splitForTar(ctx, files)
@@ -118,7 +117,7 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	// Deepest first: a directory's time is set once nothing changes in it.
 	for _, d := range slices.Backward(l.dirs) {
 		p := filepath.FromSlash(d.rel)
-		if err := root.Chmod(p, d.mode|0o700); err != nil {
+		if err := root.Chmod(p, d.perm()); err != nil {
 			return res, fmt.Errorf("staging: %w", err)
 		}
 		if err := root.Chtimes(p, d.mtime, d.mtime); err != nil {
@@ -138,7 +137,7 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 // list expands spec's paths on the host into the regular files to pull, filtered by
 // Since and MaxSize and sorted by their path below spec.Dir. Links inside a tree are
 // not followed; two files that would land on one path are refused. The directories
-// listed are those that hold a listed file, sorted by path.
+// listed are every one that holds a listed file, sorted by path.
 func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing, error) {
 	srcs, err := c.expand(ctx, roots, spec.Paths, spec.AllowEmpty)
 	if err != nil {
@@ -195,9 +194,11 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 		l.Bytes += f.size
 		for d := path.Dir(f.rel); d != "." && !held[d]; d = path.Dir(d) {
 			held[d] = true
-			if meta, ok := dirs[d]; ok {
-				l.dirs = append(l.dirs, meta)
+			meta, ok := dirs[d]
+			if !ok { // not walked (each is, so far): a fixed rule, the same for pull and bundle
+				meta = pullDir{rel: d, mtime: f.mtime, mode: 0o755}
 			}
+			l.dirs = append(l.dirs, meta)
 		}
 	}
 	slices.SortFunc(l.dirs, func(a, b pullDir) int { return strings.Compare(a.rel, b.rel) })
