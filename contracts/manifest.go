@@ -16,6 +16,10 @@ type Manifest struct {
 	Artifact ManifestArtifact `json:"artifact"`
 	// Files are the archive's entries in archive order (sorted by path). Empty for a dump.
 	Files []ManifestFile `json:"files"`
+	// Dirs are the archive's directories in archive order, each with the mode and time
+	// a tree unpacked from it gives them; an empty directory of an update is one. Absent
+	// for a dump, and in manifests written before ferry listed them.
+	Dirs []ManifestDir `json:"dirs,omitempty"`
 	// Empty says no file matched (log backups with allow_empty).
 	Empty bool `json:"empty,omitempty"`
 }
@@ -36,6 +40,13 @@ type ManifestFile struct {
 	Mode   uint32    `json:"mode"` // permission bits
 	SHA256 string    `json:"sha256"`
 	MTime  time.Time `json:"mtime"`
+}
+
+// ManifestDir is one directory of an archive.
+type ManifestDir struct {
+	Path  string    `json:"path"` // slash-separated, relative, contained
+	Mode  uint32    `json:"mode"` // permission bits
+	MTime time.Time `json:"mtime"`
 }
 
 // ManifestName is the name of the manifest of artifact.

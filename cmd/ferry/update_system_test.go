@@ -39,8 +39,29 @@ func TestSystemUpdate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// An empty directory is part of the update too, and times and modes travel.
+	cache := filepath.Join(src, "app-2.3.1", "var", "cache")
+	if err := os.MkdirAll(cache, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	stamp := time.Date(2025, 6, 7, 8, 9, 10, 0, time.UTC)
+	for _, p := range []string{cache, filepath.Join(src, "app-2.3.1", "app.jar")} {
+		if err := os.Chtimes(p, stamp, stamp); err != nil {
+			t.Fatal(err)
+		}
+	}
 	chownTree(t, src, uid, gid)
 	env := map[string]string{"FERRY_NATS_URL": s.srv.URL}
+	// landed checks the empty directory and the file whose time was set, below tree.
+	landed := func(t *testing.T, tree string) {
+		t.Helper()
+		for p, mode := range map[string]os.FileMode{"var/cache": 0o750 | os.ModeDir, "app.jar": 0o644} {
+			fi, err := os.Stat(filepath.Join(tree, filepath.FromSlash(p)))
+			if err != nil || fi.Mode() != mode || !fi.ModTime().Equal(stamp) {
+				t.Errorf("%s landed as %v (%v), want %v from %v", p, fi, err, mode, stamp)
+			}
+		}
+	}
 
 	t.Run("archive", func(t *testing.T) {
 		r := ferry(t, env, "update", "--id", "up-archive", "--from", "operator-pc", "--files", filepath.Base(src)+"/app-2.3.1",
@@ -69,6 +90,7 @@ func TestSystemUpdate(t *testing.T) {
 			t.Fatalf("the delivered archive does not verify: %v", err)
 		}
 		sameTree(t, filepath.Join(out, "app-2.3.1"), want)
+		landed(t, filepath.Join(out, "app-2.3.1"))
 		s.nothingLeft("up-archive")
 	})
 
@@ -102,6 +124,7 @@ func TestSystemUpdate(t *testing.T) {
 			t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 		}
 		sameTree(t, filepath.Join(dest, "tree", "app-2.3.1"), want)
+		landed(t, filepath.Join(dest, "tree", "app-2.3.1"))
 		if left, _ := filepath.Glob(filepath.Join(dest, "tree", ".ferry-*")); len(left) != 0 {
 			t.Fatalf("left behind: %v", left)
 		}

@@ -168,6 +168,7 @@ type Writer struct {
 	tw    *tar.Writer
 	buf   []byte
 	files []contracts.ManifestFile
+	dirs  []contracts.ManifestDir
 	last  string
 	done  int64
 	total int64
@@ -232,9 +233,11 @@ func (aw *Writer) Dir(p string, perm fs.FileMode, mtime time.Time) error {
 	if err := aw.next(p); err != nil {
 		return err
 	}
-	if err := aw.tw.WriteHeader(header(entry{path: p, dir: true, perm: perm.Perm(), mtime: seconds(mtime)})); err != nil {
+	e := entry{path: p, dir: true, perm: perm.Perm(), mtime: seconds(mtime)}
+	if err := aw.tw.WriteHeader(header(e)); err != nil {
 		return aw.fail(fmt.Errorf("archive: %s: %w", p, err))
 	}
+	aw.dirs = append(aw.dirs, contracts.ManifestDir{Path: p, Mode: uint32(e.perm), MTime: e.mtime})
 	return nil
 }
 
@@ -324,6 +327,7 @@ func (aw *Writer) Close() (contracts.Manifest, error) {
 			Kind:        KindArchive,
 		},
 		Files: aw.files,
+		Dirs:  aw.dirs,
 		Empty: len(aw.files) == 0,
 	}, nil
 }

@@ -53,6 +53,24 @@ func TestRoundTrip(t *testing.T) {
 				}
 			}
 
+			// Every directory is listed, the empty ones too, with its mode and time.
+			var dirs []string
+			for p, n := range want {
+				if n.dir {
+					dirs = append(dirs, p)
+				}
+			}
+			slices.Sort(dirs)
+			if got := len(m.Dirs); got != len(dirs) || got < len(sampleEmptyDirs) {
+				t.Errorf("manifest lists %d directories, the tree has %v", got, dirs)
+			}
+			for i, d := range m.Dirs {
+				n := want[d.Path]
+				if i < len(dirs) && d.Path != dirs[i] || !n.dir || uint32(n.perm) != d.Mode || n.mtime != d.MTime.Unix() {
+					t.Errorf("manifest directory %+v, tree has %+v", d, n)
+				}
+			}
+
 			if err := Verify(context.Background(), bytes.NewReader(data), m); err != nil {
 				t.Fatalf("Verify: %v", err)
 			}

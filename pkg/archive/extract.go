@@ -127,6 +127,21 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 		}
 		want[f.Path] = f
 	}
+	// Manifests written before ferry listed directories have none: then a directory
+	// entry is checked only for its place, else against its listing too.
+	wantDirs := make(map[string]contracts.ManifestDir, len(m.Dirs))
+	for _, d := range m.Dirs {
+		if _, err := SafePath(d.Path); err != nil {
+			return fmt.Errorf("archive: manifest: %w", err)
+		}
+		if _, dup := wantDirs[d.Path]; dup {
+			return fmt.Errorf("%w: the manifest lists %s twice", ErrMismatch, d.Path)
+		}
+		if _, dup := want[d.Path]; dup {
+			return fmt.Errorf("%w: the manifest lists %s as a file and as a directory", ErrMismatch, d.Path)
+		}
+		wantDirs[d.Path] = d
+	}
 
 	raw := hashReader{r: r, h: newHashCounter(io.Discard)}
 	dec, closeDec, err := decompressor(m.Artifact.Compression, raw)
@@ -188,6 +203,15 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 			if _, ok := want[p]; ok {
 				return fmt.Errorf("%w: %s is a directory in the archive and a file in the manifest", ErrMismatch, p)
 			}
+			if len(wantDirs) > 0 {
+				md, ok := wantDirs[p]
+				switch {
+				case !ok:
+					return fmt.Errorf("%w: the directory %s is not in the manifest", ErrMismatch, p)
+				case uint32(perm) != md.Mode:
+					return fmt.Errorf("%w: the directory %s has mode %#o, the manifest says %#o", ErrMismatch, p, perm, md.Mode)
+				}
+			}
 			if x != nil {
 				if err := x.dir(p, perm, hdr.ModTime); err != nil {
 					return err
@@ -216,6 +240,11 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 	for _, f := range m.Files {
 		if !named[f.Path] {
 			return fmt.Errorf("%w: %s is in the manifest but not in the archive", ErrMismatch, f.Path)
+		}
+	}
+	for _, d := range m.Dirs {
+		if !named[d.Path] || !kinds[d.Path] {
+			return fmt.Errorf("%w: the directory %s is in the manifest but not in the archive", ErrMismatch, d.Path)
 		}
 	}
 	// The rest of the tar stream may only be padding; then the artifact as a whole.

@@ -228,6 +228,22 @@ func TestExtractRefusesMismatch(t *testing.T) {
 		}, ""},
 		{"truncated stream", nil, func(m *contracts.Manifest, d []byte) []byte { return d[:len(d)-10] }, ""},
 		{"wrong compression", nil, func(m *contracts.Manifest, d []byte) []byte { m.Artifact.Compression = Gzip; return d }, ""},
+		{"directory mode", nil, func(m *contracts.Manifest, d []byte) []byte {
+			m.Dirs = []contracts.ManifestDir{{Path: "d", Mode: 0o700}}
+			return d
+		}, ""},
+		{"directory not in the manifest", nil, func(m *contracts.Manifest, d []byte) []byte {
+			m.Dirs = []contracts.ManifestDir{{Path: "a", Mode: 0o755}}
+			return d
+		}, ""},
+		{"directory missing from archive", nil, func(m *contracts.Manifest, d []byte) []byte {
+			m.Dirs = []contracts.ManifestDir{{Path: "d", Mode: 0o755}, {Path: "e", Mode: 0o755}}
+			return d
+		}, ""},
+		{"listed as file and directory", nil, func(m *contracts.Manifest, d []byte) []byte {
+			m.Dirs = []contracts.ManifestDir{{Path: "b.txt", Mode: 0o755}, {Path: "d", Mode: 0o755}}
+			return d
+		}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -251,8 +267,14 @@ func TestExtractRefusesMismatch(t *testing.T) {
 			}
 		})
 	}
+	// A manifest that lists the directories as they are is fine.
+	data, m, _ := craft(t, good, nil)
+	m.Dirs = []contracts.ManifestDir{{Path: "d", Mode: 0o755}}
+	if err := Verify(context.Background(), bytes.NewReader(data), m); err != nil {
+		t.Errorf("listed directories: %v", err)
+	}
 	// Trailing zeros (tar padding to a record) are fine.
-	data, m, _ := craft(t, good, make([]byte, 9*512))
+	data, m, _ = craft(t, good, make([]byte, 9*512))
 	if err := Verify(context.Background(), bytes.NewReader(data), m); err != nil {
 		t.Errorf("padding: %v", err)
 	}

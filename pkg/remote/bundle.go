@@ -31,7 +31,7 @@ type Sink interface {
 // paths below the bundle's root, sizes, modes and modification times.
 type Listing struct {
 	files []pullFile
-	dirs  []pullDir // those holding files, sorted by path
+	dirs  []pullDir // sorted by path (see list)
 	// Bytes is the sum of the listed sizes: what the bundle reads.
 	Bytes int64
 }

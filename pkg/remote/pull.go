@@ -45,7 +45,7 @@ type pullFile struct {
 	mode   fs.FileMode
 }
 
-// pullDir is a directory on the host that holds pulled files: its staged copy takes
+// pullDir is a directory on the host that is pulled: its staged copy takes
 // its permission bits (with the owner's rwx added: staging must stay writable and
 // removable) and its modification time, once the files are in, so that an archive
 // of the staged tree does not carry the time it was staged.
@@ -137,7 +137,9 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 // list expands spec's paths on the host into the regular files to pull, filtered by
 // Since and MaxSize and sorted by their path below spec.Dir. Links inside a tree are
 // not followed; two files that would land on one path are refused. The directories
-// listed are every one that holds a listed file, sorted by path.
+// listed, sorted by path, are every one that holds a listed file and, unless Since or
+// MaxSize filtered the files, every other one walked too: a tree comes whole, its empty
+// directories with it.
 func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing, error) {
 	srcs, err := c.expand(ctx, roots, spec.Paths, spec.AllowEmpty)
 	if err != nil {
@@ -199,6 +201,13 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 				meta = pullDir{rel: d, mtime: f.mtime, mode: 0o755}
 			}
 			l.dirs = append(l.dirs, meta)
+		}
+	}
+	if spec.Since == 0 && spec.MaxSize == 0 {
+		for r, meta := range dirs {
+			if !held[r] {
+				l.dirs = append(l.dirs, meta)
+			}
 		}
 	}
 	slices.SortFunc(l.dirs, func(a, b pullDir) int { return strings.Compare(a.rel, b.rel) })

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,6 +40,21 @@ func TestPullTreeAndGlob(t *testing.T) {
 	if err := os.Symlink("/etc/shadow", filepath.Join(tree, "link")); err != nil {
 		t.Fatal(err)
 	}
+	// Empty directories come with the tree, each with its mode and time.
+	dirTime := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	emptyDirs := map[string]fs.FileMode{"empty": 0o750, "small/d00/cache": 0o770}
+	for d, mode := range emptyDirs {
+		p := filepath.Join(tree, filepath.FromSlash(d))
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, dirTime, dirTime); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.chown(e.dir)
 	c := e.open(Options{})
 	roots, err := c.Roots(nil)
@@ -69,6 +85,12 @@ func TestPullTreeAndGlob(t *testing.T) {
 	if prog.Done.Load() != res.Bytes || prog.Total.Load() != res.Bytes || res.Sent != res.Bytes {
 		t.Errorf("progress %d/%d, result %+v", prog.Done.Load(), prog.Total.Load(), res.Bytes)
 	}
+	for d, mode := range emptyDirs {
+		fi, err := os.Stat(filepath.Join(into, filepath.FromSlash(d)))
+		if err != nil || !fi.IsDir() || fi.Mode().Perm() != mode || !fi.ModTime().Equal(dirTime) {
+			t.Errorf("empty directory %s staged as %v (%v), want mode %v and time %v", d, fi, err, mode, dirTime)
+		}
+	}
 	t.Logf("pulled %d files, %d bytes in %s (%.1f MB/s, race detector on)", res.Files, res.Bytes, took, float64(res.Bytes)/took.Seconds()/1e6)
 
 	again, err := c.Pull(context.Background(), roots, spec, nil)
@@ -90,6 +112,13 @@ func TestPullFiltersAndGrowingFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	write(t, filepath.Join(logs, "rotated", "old.log.1"), 1000)
+	if err := os.Chtimes(filepath.Join(logs, "rotated", "old.log.1"), now.Add(-72*time.Hour), now.Add(-72*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(logs, "empty"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	e.chown(e.dir)
 	c := e.open(Options{})
 	roots, _ := c.Roots(nil)
@@ -102,6 +131,16 @@ func TestPullFiltersAndGrowingFile(t *testing.T) {
 	}
 	if got := strings.Join(res.Paths, ","); got != "new1.log,new2.log" || res.Bytes != 2000 {
 		t.Fatalf("pulled %s (%d bytes), want the two newest within a day", got, res.Bytes)
+	}
+	// Filtered, a directory's tree brings only the directories of the files chosen.
+	into = t.TempDir()
+	if _, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(logs)}, Since: 24 * time.Hour, Dir: into}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"rotated", "empty"} {
+		if _, err := os.Lstat(filepath.Join(into, d)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("filtered pull staged the directory %s (%v)", d, err)
+		}
 	}
 
 	_, err = c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(logs) + "/*.log"}, Since: time.Second, Dir: t.TempDir()}, nil)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/staging"
@@ -375,35 +377,49 @@ func (c *Conn) resumeOffset(ctx context.Context, local *os.File, part string, si
 	return 0, nil
 }
 
-// PutTree lands a staged tree in dir (absolute, resolved): every file of files (paths
-// relative to localDir, slash-separated) is uploaded below dir/.ferry-incoming-<tag>/,
-// verified against its size and SHA-256, and then each top-level entry is moved into
-// place with posix-rename — a directory by renaming the old one aside, the new one in,
-// and removing the old — so a half-delivered tree is never visible under its final
-// names. A tree already in place and verified is left alone.
-func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, files []contracts.ManifestFile, prog *Progress, sent *atomic.Int64) error {
+// PutTree lands the staged tree m describes in dir (absolute, resolved): every file of
+// m.Files (paths relative to localDir, slash-separated) is uploaded below
+// dir/.ferry-incoming-<tag>/ and verified against its size and SHA-256; the files and
+// every directory of m.Dirs, empty ones too, take their listed modes and times; then
+// each top-level entry is moved into place with posix-rename — a directory by renaming
+// the old one aside, the new one in, and removing the old — so a half-delivered tree is
+// never visible under its final names. A tree already in place and verified is left
+// alone.
+func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, m contracts.Manifest, prog *Progress, sent *atomic.Int64) error {
 	if tag == "" || strings.ContainsAny(tag, "/\x00") {
 		return fmt.Errorf("%w: tag %q", ErrInvalidPath, tag)
 	}
+	files := m.Files
 	var total int64
 	tops := map[string]bool{}
-	for _, f := range files {
-		if f.Path == "" || path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == ".." || strings.HasPrefix(f.Path, "../") || strings.ContainsRune(f.Path, 0) {
-			return fmt.Errorf("%w: manifest entry %q is not a relative, clean path", ErrVerify, f.Path)
+	entry := func(p string) error {
+		if p == "" || path.IsAbs(p) || path.Clean(p) != p || p == ".." || strings.HasPrefix(p, "../") || strings.ContainsRune(p, 0) {
+			return fmt.Errorf("%w: manifest entry %q is not a relative, clean path", ErrVerify, p)
 		}
-		top, _, _ := strings.Cut(f.Path, "/")
+		top, _, _ := strings.Cut(p, "/")
 		if strings.HasPrefix(top, ".ferry-") {
-			return fmt.Errorf("%w: manifest entry %q uses a name ferry reserves", ErrVerify, f.Path)
+			return fmt.Errorf("%w: manifest entry %q uses a name ferry reserves", ErrVerify, p)
 		}
 		tops[top] = true
+		return nil
+	}
+	for _, f := range files {
+		if err := entry(f.Path); err != nil {
+			return err
+		}
 		total += f.Size
+	}
+	for _, d := range m.Dirs {
+		if err := entry(d.Path); err != nil {
+			return err
+		}
 	}
 	prog.setTotal(total)
 	incoming := path.Join(dir, ".ferry-incoming-"+tag)
 
 	if _, err := c.sftp.Stat(incoming); errors.Is(err, fs.ErrNotExist) {
 		// A redelivered command whose first delivery finished: verify what is in place.
-		if ok, err := c.treeInPlace(ctx, dir, files); err != nil {
+		if ok, err := c.treeInPlace(ctx, dir, m); err != nil {
 			return err
 		} else if ok {
 			prog.add(total)
@@ -414,16 +430,15 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, files []c
 		return c.writeErr(incoming, err)
 	}
 	made := map[string]bool{}
-	for _, f := range files {
-		for d := path.Dir(f.Path); d != "." && !made[d]; d = path.Dir(d) {
+	for _, d := range m.Dirs {
+		made[d.Path] = true
+	}
+	for _, p := range append(slices.Collect(maps.Keys(made)), filePaths(files)...) {
+		for d := path.Dir(p); d != "." && !made[d]; d = path.Dir(d) {
 			made[d] = true
 		}
 	}
-	mk := make([]string, 0, len(made))
-	for d := range made {
-		mk = append(mk, d)
-	}
-	sort.Strings(mk) // parents first
+	mk := slices.Sorted(maps.Keys(made)) // parents first
 	for _, d := range mk {
 		p := path.Join(incoming, d)
 		if err := c.sftp.Mkdir(p); err != nil {
@@ -477,15 +492,11 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, files []c
 			return c.failTree(incoming, err)
 		}
 	}
-	if err := c.syncTree(ctx, incoming, paths); err != nil {
+	if err := c.setTreeAttrs(ctx, incoming, m); err != nil {
 		return c.failTree(incoming, err)
 	}
-	for _, f := range files {
-		if f.Mode != 0 {
-			if err := c.sftp.Chmod(path.Join(incoming, f.Path), fs.FileMode(f.Mode).Perm()); err != nil {
-				return c.failTree(incoming, c.writeErr(path.Join(incoming, f.Path), err))
-			}
-		}
+	if err := c.syncTree(ctx, incoming, paths); err != nil {
+		return c.failTree(incoming, err)
 	}
 
 	names := make([]string, 0, len(tops))
@@ -533,6 +544,51 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, files []c
 	return nil
 }
 
+// setTreeAttrs gives the files and directories below incoming the modes and times m
+// lists (a zero mode or time is left as the host made it): the files several at once,
+// then the directories deepest first, once nothing changes in them.
+func (c *Conn) setTreeAttrs(ctx context.Context, incoming string, m contracts.Manifest) error {
+	set := func(p string, mode uint32, mtime time.Time) error {
+		p = path.Join(incoming, p)
+		if mode != 0 {
+			if err := c.sftp.Chmod(p, fs.FileMode(mode).Perm()); err != nil {
+				return c.writeErr(p, err)
+			}
+		}
+		if !mtime.IsZero() {
+			if err := c.sftp.Chtimes(p, mtime, mtime); err != nil {
+				return c.writeErr(p, err)
+			}
+		}
+		return nil
+	}
+	err := c.each(ctx, len(m.Files), func(i int) error {
+		return set(m.Files[i].Path, m.Files[i].Mode, m.Files[i].MTime)
+	})
+	if err != nil {
+		return err
+	}
+	dirs := slices.SortedFunc(slices.Values(m.Dirs), func(a, b contracts.ManifestDir) int { return strings.Compare(b.Path, a.Path) })
+	for _, d := range dirs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := set(d.Path, d.Mode, d.MTime); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// filePaths returns the paths of files.
+func filePaths(files []contracts.ManifestFile) []string {
+	out := make([]string, len(files))
+	for i, f := range files {
+		out[i] = f.Path
+	}
+	return out
+}
+
 // failTree removes the incoming directory after a refused write (its files would be
 // sent again anyway), keeping it after a lost connection so the retry resumes.
 func (c *Conn) failTree(incoming string, err error) error {
@@ -542,10 +598,25 @@ func (c *Conn) failTree(incoming string, err error) error {
 	return err
 }
 
-// treeInPlace reports whether every file is in dir with its size and SHA-256.
-func (c *Conn) treeInPlace(ctx context.Context, dir string, files []contracts.ManifestFile) (bool, error) {
+// treeInPlace reports whether every directory of m is in dir and every file with its
+// size and SHA-256.
+func (c *Conn) treeInPlace(ctx context.Context, dir string, m contracts.Manifest) (bool, error) {
+	files := m.Files
 	if len(files) == 0 {
 		return false, nil
+	}
+	for _, d := range m.Dirs {
+		p := path.Join(dir, d.Path)
+		fi, err := c.sftp.Stat(p)
+		if err != nil {
+			if e := connErr(c.ssh, err); e != nil && !errors.Is(err, fs.ErrNotExist) {
+				return false, fmt.Errorf("stat %s: %w", p, e)
+			}
+			return false, nil
+		}
+		if !fi.IsDir() {
+			return false, nil
+		}
 	}
 	paths := make([]string, len(files))
 	for i, f := range files {

@@ -3,9 +3,11 @@ package remote
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -238,15 +240,33 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 			write(t, filepath.Join(dest, "keep.txt"), 10)
 			e.chown(e.dir)
 			tree := t.TempDir()
-			var files []contracts.ManifestFile
+			var m contracts.Manifest
+			mtime := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 			for p, size := range map[string]int64{"app/bin/run": 5000, "app/lib/x.jar": 3 << 20, "app/etc/conf": 0, "VERSION": 6} {
 				write(t, filepath.Join(tree, filepath.FromSlash(p)), size)
-				files = append(files, contracts.ManifestFile{Path: p, Size: size, Mode: 0o750, SHA256: fileSHA(t, filepath.Join(tree, filepath.FromSlash(p)))})
+				m.Files = append(m.Files, contracts.ManifestFile{Path: p, Size: size, Mode: 0o750, SHA256: fileSHA(t, filepath.Join(tree, filepath.FromSlash(p))), MTime: mtime})
+			}
+			// Directories as the archive lists them: an empty one lands too, and each
+			// takes its mode and time.
+			dirs := map[string]uint32{"app": 0o755, "app/bin": 0o711, "app/etc": 0o700, "app/lib": 0o755, "app/var": 0o755, "app/var/cache": 0o770}
+			for _, p := range slices.Sorted(maps.Keys(dirs)) {
+				m.Dirs = append(m.Dirs, contracts.ManifestDir{Path: p, Mode: dirs[p], MTime: mtime.Add(time.Hour)})
 			}
 			c := e.open(Options{})
 			var sent atomic.Int64
-			if err := c.PutTree(context.Background(), tree, dest, "job1", files, nil, &sent); err != nil {
+			if err := c.PutTree(context.Background(), tree, dest, "job1", m, nil, &sent); err != nil {
 				t.Fatal(err)
+			}
+			for p, mode := range dirs {
+				fi, err := os.Stat(filepath.Join(dest, filepath.FromSlash(p)))
+				if err != nil || !fi.IsDir() || uint32(fi.Mode().Perm()) != mode || !fi.ModTime().Equal(mtime.Add(time.Hour)) {
+					t.Errorf("directory %s landed as %v (%v), want mode %#o, time %v", p, fi, err, mode, mtime.Add(time.Hour))
+				}
+			}
+			for _, f := range m.Files {
+				if fi, _ := os.Stat(filepath.Join(dest, filepath.FromSlash(f.Path))); fi == nil || !fi.ModTime().Equal(mtime) {
+					t.Errorf("%s: time not applied: %v", f.Path, fi)
+				}
 			}
 			got := treeSums(t, dest)
 			want := treeSums(t, tree)
@@ -269,7 +289,7 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 				t.Errorf("mode not applied: %v", fi)
 			}
 			sent.Store(0)
-			if err := c.PutTree(context.Background(), tree, dest, "job1", files, nil, &sent); err != nil || sent.Load() != 0 {
+			if err := c.PutTree(context.Background(), tree, dest, "job1", m, nil, &sent); err != nil || sent.Load() != 0 {
 				t.Fatalf("again: %v, sent %d", err, sent.Load())
 			}
 		})
@@ -348,7 +368,7 @@ func TestPutFlushesBeforeRename(t *testing.T) {
 				files = append(files, contracts.ManifestFile{Path: p, Size: size, SHA256: fileSHA(t, filepath.Join(tree, filepath.FromSlash(p)))})
 			}
 			logged := len(e.sshd.SFTPLogText())
-			if err := c.PutTree(context.Background(), tree, dest, "job2", files, nil, &sent); err != nil {
+			if err := c.PutTree(context.Background(), tree, dest, "job2", contracts.Manifest{Files: files}, nil, &sent); err != nil {
 				t.Fatal(err)
 			}
 			incoming := filepath.Join(dest, ".ferry-incoming-job2")

@@ -309,7 +309,7 @@ func (t *Transfer) Push(ctx context.Context, args contracts.PushArgs) (contracts
 	end := t.track(ctx, DirPush, args.Host, args.Artifact, prog)
 	var res contracts.DeliveryResult
 	if args.Unpack {
-		err = conn.PutTree(ctx, filepath.Join(jobDir, args.Tree), dir, worker.JobID(ctx), m.Files, prog, &sent)
+		err = conn.PutTree(ctx, filepath.Join(jobDir, args.Tree), dir, worker.JobID(ctx), m, prog, &sent)
 		tops := map[string]bool{}
 		for _, f := range m.Files {
 			top, _, _ := strings.Cut(f.Path, "/")
