@@ -20,6 +20,9 @@ type Manifest struct {
 	// a tree unpacked from it gives them; an empty directory of an update is one. Absent
 	// for a dump, and in manifests written before ferry listed them.
 	Dirs []ManifestDir `json:"dirs,omitempty"`
+	// Links are the archive's symbolic links in archive order, each pointing inside the
+	// tree (see archive.CheckLink).
+	Links []ManifestLink `json:"links,omitempty"`
 	// Empty says no file matched (log backups with allow_empty).
 	Empty bool `json:"empty,omitempty"`
 }
@@ -47,6 +50,12 @@ type ManifestDir struct {
 	Path  string    `json:"path"` // slash-separated, relative, contained
 	Mode  uint32    `json:"mode"` // permission bits
 	MTime time.Time `json:"mtime"`
+}
+
+// ManifestLink is one symbolic link of an archive.
+type ManifestLink struct {
+	Path   string `json:"path"`   // slash-separated, relative, contained
+	Target string `json:"target"` // relative, as the link holds it
 }
 
 // ManifestName is the name of the manifest of artifact.

@@ -166,7 +166,10 @@ type PullArgs struct {
 	Since      Duration `json:"since,omitempty"`
 	MaxSize    Size     `json:"max_size,omitempty"`
 	AllowEmpty bool     `json:"allow_empty,omitempty"`
-	Into       string   `json:"into"`
+	// Links carries the symbolic links of a tree that point inside it (as links) and
+	// refuses the pull at one that leads out of it; without it links are skipped.
+	Links bool   `json:"links,omitempty"`
+	Into  string `json:"into"`
 }
 
 // BundleArgs streams the files Paths select on Host (as PullArgs does) into the

@@ -50,11 +50,27 @@ func TestSystemUpdate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A link inside the update comes as a link; one leading out of it stops the job.
+	if err := os.Symlink("../app.jar", filepath.Join(src, "app-2.3.1", "conf", "current.jar")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(src, "bad"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "bad", "app.jar"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/passwd", filepath.Join(src, "bad", "passwd")); err != nil {
+		t.Fatal(err)
+	}
 	chownTree(t, src, uid, gid)
 	env := map[string]string{"FERRY_NATS_URL": s.srv.URL}
 	// landed checks the empty directory and the file whose time was set, below tree.
 	landed := func(t *testing.T, tree string) {
 		t.Helper()
+		if got, err := os.Readlink(filepath.Join(tree, "conf", "current.jar")); err != nil || got != "../app.jar" {
+			t.Errorf("conf/current.jar landed as a link to %q (%v), want ../app.jar", got, err)
+		}
 		for p, mode := range map[string]os.FileMode{"var/cache": 0o750 | os.ModeDir, "app.jar": 0o644} {
 			fi, err := os.Stat(filepath.Join(tree, filepath.FromSlash(p)))
 			if err != nil || fi.Mode() != mode || !fi.ModTime().Equal(stamp) {
@@ -143,6 +159,18 @@ func TestSystemUpdate(t *testing.T) {
 		s.nothingLeft("up-missing")
 	})
 
+	t.Run("link leading out", func(t *testing.T) {
+		r := ferry(t, env, "update", "--id", "up-link-out", "--from", "operator-pc", "--files", filepath.Base(src)+"/bad",
+			"--to", "customer", "--dest", dest+"/never", "--wait")
+		if r.code != 1 || !strings.Contains(r.stderr, "bad/passwd") || !strings.Contains(r.stderr, "leads outside the tree") {
+			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+		}
+		if _, err := os.Stat(filepath.Join(dest, "never")); err == nil {
+			t.Fatal("something was sent")
+		}
+		s.nothingLeft("up-link-out")
+	})
+
 	t.Run("escaping path", func(t *testing.T) {
 		r := ferry(t, env, "update", "--id", "up-escape", "--from", "operator-pc", "--files", "/etc/passwd",
 			"--to", "customer", "--dest", dest+"/never", "--wait")
@@ -189,8 +217,8 @@ func sameTree(t *testing.T, dir string, want map[string][]byte) {
 	t.Helper()
 	n := 0
 	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() {
-			return err
+		if err != nil || !fi.Mode().IsRegular() {
+			return err // directories and links are checked on their own
 		}
 		rel, _ := filepath.Rel(dir, p)
 		got, _ := os.ReadFile(p)

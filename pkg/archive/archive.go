@@ -12,12 +12,15 @@
 //
 //   - entries are the tree's directories and regular files, sorted by their
 //     slash-separated path (byte order; a directory comes before what it holds);
+//
 //   - each header has uid and gid 0, no user or group names, mode = the permission bits,
 //     mtime = the file's own mtime truncated to whole seconds, no access or change time;
+//
 //   - headers are USTAR where the entry fits (ASCII name of up to 100 bytes, or up to 255
 //     split at a slash; size under 8 GiB) and GNU otherwise (GNU long-name records for
 //     long or non-ASCII names, base-256 sizes); never PAX, so no extended records that
 //     carry times or ids;
+//
 //   - zstd (the default) is a sequence of independent frames, one per 2 MiB of the tar
 //     stream, compressed several at once (one per CPU, at most four) and written in
 //     order, with options spelled out, not left to library defaults that could follow
@@ -28,11 +31,16 @@
 //     stable for one version of github.com/klauspost/compress; another version may
 //     compress differently (manifests and checks never depend on that).
 //
+//   - a symbolic link is an entry of its own (mode 0777, its target as the link name,
+//     mtime 0: a link's own time is not carried, since neither SFTP nor os.Root can set
+//     one), never followed, and only when it points inside the tree (see CheckLink).
+//
 // Paths must be portable: valid UTF-8, no backslash, no control character, no empty,
 // "." or ".." component (see SafePath). A tree with any other kind of entry is refused
-// with ErrUnsupported: symbolic links (whether they point inside the tree or out of it),
-// devices, sockets, pipes. ferry stages what it pulled as regular files; a link in a
-// staged tree is an error to look at, not something to follow or drop silently.
+// with ErrUnsupported: a symbolic link that leads out of the tree, devices, sockets,
+// pipes. ferry stages a pulled update as it was, its links inside the tree as links; a
+// link leading out of a staged tree is an error to look at, not something to follow or
+// drop silently.
 package archive
 
 import (
@@ -46,7 +54,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"slices"
 	"strings"
 	"time"
@@ -70,10 +77,12 @@ const KindArchive = "archive"
 // the path concerned; test with errors.Is.
 var (
 	// ErrUnsupported: the tree holds an entry an archive does not carry (a symbolic
-	// link, a device, a name that is not portable) or the compression is unknown.
+	// link leading out of it, a device, a name that is not portable) or the compression
+	// is unknown.
 	ErrUnsupported = errors.New("archive: unsupported")
 	// ErrUnsafe: an archive entry could land outside its destination or is not a
-	// plain file or directory (absolute path, "..", backslash, link, duplicate).
+	// plain file, directory or link inside the tree (absolute path, "..", backslash, a
+	// link leading out, duplicate).
 	ErrUnsafe = errors.New("archive: unsafe entry")
 	// ErrMismatch: the archive does not match its manifest (an entry missing or extra,
 	// a size, mode or SHA-256 that differs, the artifact's size or SHA-256).
@@ -109,6 +118,7 @@ type entry struct {
 	perm  fs.FileMode
 	mtime time.Time
 	size  int64
+	link  string // the target of a symbolic link ("" for a file or directory)
 }
 
 // Write writes a deterministic, compressed tar of the tree under src to w and returns
@@ -131,9 +141,12 @@ func Write(ctx context.Context, src *os.Root, w io.Writer, opts Options) (contra
 		return contracts.Manifest{}, err
 	}
 	for _, e := range entries {
-		if e.dir {
+		switch {
+		case e.dir:
 			err = aw.Dir(e.path, e.perm, e.mtime)
-		} else {
+		case e.link != "":
+			err = aw.Link(e.path, e.link)
+		default:
 			err = addFile(ctx, aw, src, e)
 		}
 		if err != nil {
@@ -169,6 +182,7 @@ type Writer struct {
 	buf   []byte
 	files []contracts.ManifestFile
 	dirs  []contracts.ManifestDir
+	links []contracts.ManifestLink
 	last  string
 	done  int64
 	total int64
@@ -238,6 +252,22 @@ func (aw *Writer) Dir(p string, perm fs.FileMode, mtime time.Time) error {
 		return aw.fail(fmt.Errorf("archive: %s: %w", p, err))
 	}
 	aw.dirs = append(aw.dirs, contracts.ManifestDir{Path: p, Mode: uint32(e.perm), MTime: e.mtime})
+	return nil
+}
+
+// Link adds the symbolic link p to target, which must point inside the tree
+// (CheckLink).
+func (aw *Writer) Link(p, target string) error {
+	if err := aw.next(p); err != nil {
+		return err
+	}
+	if err := CheckLink(p, target); err != nil {
+		return aw.fail(fmt.Errorf("%w: %w", ErrUnsupported, err))
+	}
+	if err := aw.tw.WriteHeader(header(entry{path: p, perm: 0o777, mtime: time.Unix(0, 0).UTC(), link: target})); err != nil {
+		return aw.fail(fmt.Errorf("archive: %s: %w", p, err))
+	}
+	aw.links = append(aw.links, contracts.ManifestLink{Path: p, Target: target})
 	return nil
 }
 
@@ -328,6 +358,7 @@ func (aw *Writer) Close() (contracts.Manifest, error) {
 		},
 		Files: aw.files,
 		Dirs:  aw.dirs,
+		Links: aw.links,
 		Empty: len(aw.files) == 0,
 	}, nil
 }
@@ -356,7 +387,15 @@ func scan(ctx context.Context, src *os.Root) ([]entry, int64, error) {
 		}
 		switch t := d.Type(); {
 		case t == fs.ModeSymlink:
-			return symlinkError(src, p)
+			target, err := src.Readlink(p)
+			if err != nil {
+				return fmt.Errorf("archive: %w", err)
+			}
+			if err := CheckLink(p, target); err != nil {
+				return fmt.Errorf("%w: %w", ErrUnsupported, err)
+			}
+			entries = append(entries, entry{path: p, link: target})
+			return nil
 		case t != 0 && t != fs.ModeDir:
 			return fmt.Errorf("%w: %s is a %s; archives hold regular files and directories only", ErrUnsupported, p, typeName(t))
 		}
@@ -378,23 +417,6 @@ func scan(ctx context.Context, src *os.Root) ([]entry, int64, error) {
 	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.path, b.path) })
 	return entries, total, nil
 }
-
-// symlinkError explains why the symbolic link p is refused, saying whether it points
-// out of the tree.
-func symlinkError(src *os.Root, p string) error {
-	target, err := src.Readlink(p)
-	if err != nil {
-		return fmt.Errorf("%w: %s is a symbolic link; archives hold regular files and directories only", ErrUnsupported, p)
-	}
-	where := "inside the tree"
-	if path.IsAbs(target) || !pathIsLocal(path.Join(path.Dir(p), target)) {
-		where = "outside the tree"
-	}
-	return fmt.Errorf("%w: %s is a symbolic link to %q (%s); archives hold regular files and directories only",
-		ErrUnsupported, p, target, where)
-}
-
-func pathIsLocal(p string) bool { return p != ".." && !strings.HasPrefix(p, "../") && !path.IsAbs(p) }
 
 func typeName(t fs.FileMode) string {
 	switch {
@@ -425,10 +447,14 @@ func header(e entry) *tar.Header {
 		ModTime: e.mtime,
 		Format:  tarFormat,
 	}
-	if e.dir {
+	switch {
+	case e.dir:
 		h.Typeflag = tar.TypeDir
 		h.Name += "/"
-	} else {
+	case e.link != "":
+		h.Typeflag = tar.TypeSymlink
+		h.Linkname = e.link
+	default:
 		h.Typeflag = tar.TypeReg
 		h.Size = e.size
 	}

@@ -93,6 +93,50 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// A link that points inside the tree is an entry of its own, listed in the manifest,
+// and comes back as a link.
+func TestLinksRoundTrip(t *testing.T) {
+	src := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(src, "lib"), 0o755))
+	must(t, os.WriteFile(filepath.Join(src, "lib", "libapp.so.1"), []byte("elf"), 0o755))
+	must(t, os.Symlink("libapp.so.1", filepath.Join(src, "lib", "libapp.so")))
+	must(t, os.Symlink("lib", filepath.Join(src, "current")))
+	data, m := writeArchive(t, src, Options{})
+	want := []contracts.ManifestLink{{Path: "current", Target: "lib"}, {Path: "lib/libapp.so", Target: "libapp.so.1"}}
+	if !slices.Equal(m.Links, want) || len(m.Files) != 1 {
+		t.Fatalf("manifest links %v, files %v; want links %v and one file", m.Links, m.Files, want)
+	}
+	dst := t.TempDir()
+	if err := Extract(context.Background(), bytes.NewReader(data), openRoot(t, dst), m); err != nil {
+		t.Fatalf("Extract: %v", err)
+	}
+	for _, l := range want {
+		if got, err := os.Readlink(filepath.Join(dst, l.Path)); err != nil || got != l.Target {
+			t.Errorf("%s: link to %q (%v), want %q", l.Path, got, err, l.Target)
+		}
+	}
+	again, _ := writeArchive(t, dst, Options{})
+	if !bytes.Equal(again, data) {
+		t.Error("the extracted tree archives to other bytes")
+	}
+}
+
+// TestCheckLink: a link's target must stay inside the tree, whatever other links do.
+func TestCheckLink(t *testing.T) {
+	for _, c := range []struct {
+		path, target string
+		ok           bool
+	}{
+		{"a", "b", true}, {"a/l", "../b", true}, {"a/b/l", "../../c/d", true}, {"a/l", "..", true}, {"a", ".", true},
+		{"a/l", "../..", false}, {"l", "../x", false}, {"l", "/etc/passwd", false}, {"l", "", false},
+		{"l", "a/../b", false}, {"l", "./b", false}, {"l", "b/", false}, {"l", `b\c`, false}, {"a/l", "x/../../..", false},
+	} {
+		if err := CheckLink(c.path, c.target); (err == nil) != c.ok || err != nil && !errors.Is(err, ErrUnsafe) {
+			t.Errorf("CheckLink(%q, %q) = %v, want ok %v", c.path, c.target, err, c.ok)
+		}
+	}
+}
+
 // TestDeterministic: the same tree gives the same bytes, twice, from a copy in another
 // directory, and whatever the zstd encoder's concurrency.
 func TestDeterministic(t *testing.T) {
@@ -213,15 +257,15 @@ func TestWriteRefuses(t *testing.T) {
 	}{
 		{"symlink outside", func(t *testing.T, dir string) {
 			must(t, os.Symlink("/etc/passwd", filepath.Join(dir, "passwd")))
-		}, `passwd is a symbolic link to "/etc/passwd" (outside the tree)`},
+		}, `passwd is a symbolic link to "/etc/passwd", an absolute path: it leads outside the tree`},
 		{"relative symlink outside", func(t *testing.T, dir string) {
 			must(t, os.MkdirAll(filepath.Join(dir, "sub"), 0o755))
 			must(t, os.Symlink("../../x", filepath.Join(dir, "sub", "up")))
-		}, `sub/up is a symbolic link to "../../x" (outside the tree)`},
-		{"symlink inside", func(t *testing.T, dir string) {
+		}, `sub/up is a symbolic link to "../../x", which leads outside the tree`},
+		{"symlink not clean", func(t *testing.T, dir string) {
 			must(t, os.WriteFile(filepath.Join(dir, "app.log"), []byte("x"), 0o644))
-			must(t, os.Symlink("app.log", filepath.Join(dir, "current")))
-		}, `current is a symbolic link to "app.log" (inside the tree)`},
+			must(t, os.Symlink("./app.log", filepath.Join(dir, "current")))
+		}, `current is a symbolic link to "./app.log", not a clean path`},
 		{"symlinked directory", func(t *testing.T, dir string) {
 			must(t, os.Symlink(t.TempDir(), filepath.Join(dir, "elsewhere")))
 		}, "elsewhere is a symbolic link"},

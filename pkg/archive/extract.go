@@ -54,6 +54,40 @@ func SafePath(name string) (string, error) {
 	return name, nil
 }
 
+// CheckLink checks that the symbolic link p (a SafePath) with the target target points
+// inside the tree p belongs to, whatever the other links of the tree are: target must
+// be relative and clean (path.Clean leaves it as it is), with no backslash or control
+// character, and its ".." components, which only a clean path's leading run can hold,
+// may climb to the tree's root but not above it. A link such as "x/../y", or through
+// another link and back up, is refused: the kernel would resolve ".." from where that
+// link leads, not from where the name stands. The error wraps ErrUnsafe.
+func CheckLink(p, target string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("%w: %s is a symbolic link to %q, %s", ErrUnsafe, p, target, why)
+	}
+	switch {
+	case target == "":
+		return bad("an empty target")
+	case !utf8.ValidString(target) || strings.ContainsRune(target, '\\') || strings.ContainsFunc(target, unicode.IsControl):
+		return bad("not a portable path")
+	case path.IsAbs(target):
+		return bad("an absolute path: it leads outside the tree")
+	case path.Clean(target) != target:
+		return bad("not a clean path")
+	}
+	up := 0
+	for c := range strings.SplitSeq(target, "/") {
+		if c != ".." {
+			break
+		}
+		up++
+	}
+	if depth := strings.Count(p, "/"); up > depth {
+		return bad("which leads outside the tree")
+	}
+	return nil
+}
+
 // Verify reads the archive r (compressed as the manifest says; zstd when it does not
 // say) and checks it against
 // m without writing anything: the same set of entries, each file's size, mode and
@@ -142,6 +176,22 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 		}
 		wantDirs[d.Path] = d
 	}
+	wantLinks := make(map[string]string, len(m.Links))
+	for _, l := range m.Links {
+		if _, err := SafePath(l.Path); err != nil {
+			return fmt.Errorf("archive: manifest: %w", err)
+		}
+		if err := CheckLink(l.Path, l.Target); err != nil {
+			return fmt.Errorf("archive: manifest: %w", err)
+		}
+		_, file := want[l.Path]
+		_, dir := wantDirs[l.Path]
+		_, dup := wantLinks[l.Path]
+		if file || dir || dup {
+			return fmt.Errorf("%w: the manifest lists %s twice", ErrMismatch, l.Path)
+		}
+		wantLinks[l.Path] = l.Target
+	}
 
 	raw := hashReader{r: r, h: newHashCounter(io.Discard)}
 	dec, closeDec, err := decompressor(m.Artifact.Compression, raw)
@@ -175,15 +225,20 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			name = strings.TrimSuffix(name, "/")
-		case tar.TypeReg:
+		case tar.TypeReg, tar.TypeSymlink:
 		default:
-			return fmt.Errorf("%w: %q is a %s; only regular files and directories are accepted", ErrUnsafe, hdr.Name, tarTypeName(hdr.Typeflag))
+			return fmt.Errorf("%w: %q is a %s; only regular files, directories and symbolic links inside the tree are accepted", ErrUnsafe, hdr.Name, tarTypeName(hdr.Typeflag))
 		}
 		p, err := SafePath(name)
 		if err != nil {
 			return err
 		}
 		isDir := hdr.Typeflag == tar.TypeDir
+		if hdr.Typeflag == tar.TypeSymlink {
+			if err := CheckLink(p, hdr.Linkname); err != nil {
+				return err
+			}
+		}
 		if named[p] {
 			return fmt.Errorf("%w: %s appears twice", ErrUnsafe, p)
 		}
@@ -219,6 +274,20 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 			}
 			continue
 		}
+		if hdr.Typeflag == tar.TypeSymlink {
+			switch target, ok := wantLinks[p]; {
+			case !ok:
+				return fmt.Errorf("%w: the symbolic link %s is not in the manifest", ErrMismatch, p)
+			case target != hdr.Linkname:
+				return fmt.Errorf("%w: the symbolic link %s leads to %q, the manifest says %q", ErrMismatch, p, hdr.Linkname, target)
+			}
+			if x != nil {
+				if err := x.link(p, hdr.Linkname); err != nil {
+					return err
+				}
+			}
+			continue
+		}
 		mf, ok := want[p]
 		switch {
 		case !ok:
@@ -240,6 +309,11 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 	for _, f := range m.Files {
 		if !named[f.Path] {
 			return fmt.Errorf("%w: %s is in the manifest but not in the archive", ErrMismatch, f.Path)
+		}
+	}
+	for _, l := range m.Links {
+		if !named[l.Path] {
+			return fmt.Errorf("%w: the symbolic link %s is in the manifest but not in the archive", ErrMismatch, l.Path)
 		}
 	}
 	for _, d := range m.Dirs {
@@ -348,7 +422,9 @@ func (x *extractor) dir(p string, perm fs.FileMode, mtime time.Time) error {
 	return nil
 }
 
-func (x *extractor) file(ctx context.Context, p string, r io.Reader, mf contracts.ManifestFile, mtime time.Time, buf []byte) error {
+// place makes the directory p goes in and checks that nothing has its name yet: an
+// extraction never replaces what the destination holds.
+func (x *extractor) place(p string) error {
 	if dir := path.Dir(p); dir != "." {
 		if err := x.root.MkdirAll(dir, 0o750); err != nil {
 			return fmt.Errorf("archive: %w", err)
@@ -358,6 +434,25 @@ func (x *extractor) file(ctx context.Context, p string, r io.Reader, mf contract
 		return fmt.Errorf("archive: %s exists in the destination already", p)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("archive: %w", err)
+	}
+	return nil
+}
+
+// link makes the symbolic link p to target (checked with CheckLink): through the root,
+// so that nothing written later follows it out.
+func (x *extractor) link(p, target string) error {
+	if err := x.place(p); err != nil {
+		return err
+	}
+	if err := x.root.Symlink(target, p); err != nil {
+		return fmt.Errorf("archive: %w", err)
+	}
+	return nil
+}
+
+func (x *extractor) file(ctx context.Context, p string, r io.Reader, mf contracts.ManifestFile, mtime time.Time, buf []byte) error {
+	if err := x.place(p); err != nil {
+		return err
 	}
 	// Not derived from the entry's name, which may be as long as a name can be.
 	tmp := path.Join(path.Dir(p), ".ferry-tmp-"+randomSuffix())

@@ -53,6 +53,9 @@ func craft(t testing.TB, entries []craftEntry, trailer []byte) ([]byte, contract
 		if err := tw.WriteHeader(h); err != nil {
 			return nil, m, false
 		}
+		if e.typ == tar.TypeSymlink && !e.unlisted {
+			m.Links = append(m.Links, contracts.ManifestLink{Path: e.name, Target: e.link})
+		}
 		if e.typ != tar.TypeReg {
 			continue
 		}
@@ -100,8 +103,8 @@ func newSandbox(t testing.TB) sandbox {
 	return s
 }
 
-// check fails the test when anything appeared outside dest, or when dest holds a link,
-// a temporary file or a name an archive may not carry.
+// check fails the test when anything appeared outside dest, or when dest holds a link
+// leading out of it, a temporary file or a name an archive may not carry.
 func (s sandbox) check(t testing.TB) {
 	t.Helper()
 	for _, d := range []struct {
@@ -126,7 +129,13 @@ func (s sandbox) check(t testing.TB) {
 			return err
 		}
 		rel, _ := filepath.Rel(s.dest, p)
-		if !d.Type().IsRegular() && !d.IsDir() {
+		if d.Type() == fs.ModeSymlink {
+			target, err := os.Readlink(p)
+			must(t, err)
+			if err := CheckLink(filepath.ToSlash(rel), target); err != nil {
+				t.Fatalf("dest holds a link leading out: %v", err)
+			}
+		} else if !d.Type().IsRegular() && !d.IsDir() {
 			t.Fatalf("dest holds %s of type %v", rel, d.Type())
 		}
 		if _, err := SafePath(filepath.ToSlash(rel)); err != nil {
@@ -163,7 +172,13 @@ func TestExtractRefusesHostileTars(t *testing.T) {
 		{"control character", []craftEntry{file("a\x1b[2Jb", "x")}, ErrUnsafe},
 		{"symlink escape", []craftEntry{{name: "link", typ: tar.TypeSymlink, link: "../outside"}, file("link/evil", "x")}, ErrUnsafe},
 		{"symlink absolute", []craftEntry{{name: "etc", typ: tar.TypeSymlink, link: "/etc"}}, ErrUnsafe},
-		{"symlink inside", []craftEntry{file("a", "x"), {name: "b", typ: tar.TypeSymlink, link: "a"}}, ErrUnsafe},
+		{"symlink climbing out", []craftEntry{dir("a/"), {name: "a/l", typ: tar.TypeSymlink, link: "../../x"}}, ErrUnsafe},
+		{"symlink not clean", []craftEntry{dir("a/"), {name: "l", typ: tar.TypeSymlink, link: "a/../a"}}, ErrUnsafe},
+		{"symlink back up through a link", []craftEntry{dir("a/"), {name: "a/l1", typ: tar.TypeSymlink, link: ".."},
+			{name: "a/l2", typ: tar.TypeSymlink, link: "l1/../.."}}, ErrUnsafe},
+		{"symlink backslash", []craftEntry{{name: "l", typ: tar.TypeSymlink, link: `..\x`}}, ErrUnsafe},
+		{"below a symlink", []craftEntry{dir("d/"), {name: "l", typ: tar.TypeSymlink, link: "d"}, file("l/x", "x")}, ErrUnsafe},
+		{"unlisted symlink", []craftEntry{file("a", "x"), {name: "b", typ: tar.TypeSymlink, link: "a", unlisted: true}}, ErrMismatch},
 		{"hardlink outside", []craftEntry{{name: "passwd", typ: tar.TypeLink, link: "/etc/passwd"}}, ErrUnsafe},
 		{"hardlink inside", []craftEntry{file("a", "x"), {name: "b", typ: tar.TypeLink, link: "a"}}, ErrUnsafe},
 		{"character device", []craftEntry{{name: "null", typ: tar.TypeChar, mode: 0o666}}, ErrUnsafe},
@@ -198,7 +213,7 @@ func TestExtractRefusesHostileTars(t *testing.T) {
 // TestExtractRefusesMismatch: an archive that differs from its manifest in any way
 // fails, and no file that did not verify lands under its name.
 func TestExtractRefusesMismatch(t *testing.T) {
-	good := []craftEntry{dir("d/"), file("d/a.txt", "alpha"), file("b.txt", "bravo")}
+	good := []craftEntry{dir("d/"), file("d/a.txt", "alpha"), file("b.txt", "bravo"), {name: "cur", typ: tar.TypeSymlink, link: "d/a.txt"}}
 	cases := []struct {
 		name    string
 		trailer []byte
@@ -228,6 +243,14 @@ func TestExtractRefusesMismatch(t *testing.T) {
 		}, ""},
 		{"truncated stream", nil, func(m *contracts.Manifest, d []byte) []byte { return d[:len(d)-10] }, ""},
 		{"wrong compression", nil, func(m *contracts.Manifest, d []byte) []byte { m.Artifact.Compression = Gzip; return d }, ""},
+		{"symlink target", nil, func(m *contracts.Manifest, d []byte) []byte {
+			m.Links = []contracts.ManifestLink{{Path: "cur", Target: "b.txt"}}
+			return d
+		}, "cur"},
+		{"symlink missing from archive", nil, func(m *contracts.Manifest, d []byte) []byte {
+			m.Links = append(m.Links, contracts.ManifestLink{Path: "other", Target: "b.txt"})
+			return d
+		}, ""},
 		{"directory mode", nil, func(m *contracts.Manifest, d []byte) []byte {
 			m.Dirs = []contracts.ManifestDir{{Path: "d", Mode: 0o700}}
 			return d
@@ -277,6 +300,33 @@ func TestExtractRefusesMismatch(t *testing.T) {
 	data, m, _ = craft(t, good, make([]byte, 9*512))
 	if err := Verify(context.Background(), bytes.NewReader(data), m); err != nil {
 		t.Errorf("padding: %v", err)
+	}
+}
+
+// Links that stay inside the tree come as links, through the root; nothing is written
+// through them.
+func TestExtractLinks(t *testing.T) {
+	entries := []craftEntry{dir("d/"), file("d/a", "alpha"), {name: "d/cur", typ: tar.TypeSymlink, link: "a"},
+		{name: "d/up", typ: tar.TypeSymlink, link: ".."}, {name: "top", typ: tar.TypeSymlink, link: "d/cur"}}
+	data, m, ok := craft(t, entries, nil)
+	if !ok {
+		t.Fatal("craft")
+	}
+	if err := Verify(context.Background(), bytes.NewReader(data), m); err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	s := newSandbox(t)
+	if err := Extract(context.Background(), bytes.NewReader(data), openRoot(t, s.dest), m); err != nil {
+		t.Fatalf("Extract: %v", err)
+	}
+	s.check(t)
+	for p, want := range map[string]string{"d/cur": "a", "d/up": "..", "top": "d/cur"} {
+		if got, err := os.Readlink(filepath.Join(s.dest, p)); err != nil || got != want {
+			t.Errorf("%s: link to %q (%v), want %q", p, got, err, want)
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(s.dest, "top")); err != nil || string(got) != "alpha" {
+		t.Errorf("top reads %q (%v)", got, err)
 	}
 }
 

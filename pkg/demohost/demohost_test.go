@@ -322,7 +322,7 @@ func TestConfinement(t *testing.T) {
 	if fi, err := os.Stat(secret); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("secret changed: %v %v", fi, err)
 	}
-	// A link that stays inside works; links are readable but not creatable.
+	// A link that stays inside works; links are readable, and creatable only inside.
 	if f, err := c.Open("/ok-link"); err != nil {
 		t.Errorf("open of a link inside the root: %v", err)
 	} else {
@@ -334,8 +334,16 @@ func TestConfinement(t *testing.T) {
 	if target, err := c.ReadLink("/ok-link"); err != nil || target != "sub/inside" {
 		t.Errorf("readlink = %q, %v", target, err)
 	}
-	if err := c.Symlink("/etc/passwd", "/new-link"); err == nil {
-		t.Error("symlink created")
+	for target, link := range map[string]string{"/etc/passwd": "/new-link", "../secret": "/up-link", "sub/../../secret": "/sub/back-link"} {
+		if err := c.Symlink(target, link); err == nil {
+			t.Errorf("symlink %s -> %s created", link, target)
+		}
+	}
+	// A link leading inside the root is made (an update may hold one).
+	if err := c.Symlink("../ok-link", "/sub/new-link"); err != nil {
+		t.Errorf("symlink inside the root: %v", err)
+	} else if target, err := c.ReadLink("/sub/new-link"); err != nil || target != "../ok-link" {
+		t.Errorf("readlink of the new link = %q, %v", target, err)
 	}
 	if err := c.Link("/sub/inside", "/hard-link"); err == nil {
 		t.Error("hard link created")

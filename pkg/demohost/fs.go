@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferrydesk/ferry/pkg/archive"
 	"github.com/pkg/sftp"
 )
 
@@ -118,7 +119,8 @@ func (h *handlers) openFile(r *sftp.Request) (*os.File, error) {
 	return f, nil
 }
 
-// Filecmd runs setstat, rename, mkdir, rmdir and remove; links are refused.
+// Filecmd runs setstat, rename, mkdir, rmdir, remove and symlink (a link leading inside
+// the root only); hard links are refused.
 func (h *handlers) Filecmd(r *sftp.Request) error {
 	p := rel(r.Filepath)
 	switch r.Method {
@@ -155,8 +157,17 @@ func (h *handlers) Filecmd(r *sftp.Request) error {
 			return &os.PathError{Op: "remove", Path: r.Filepath, Err: syscall.EISDIR}
 		}
 		return fsErr(h.root.Remove(p))
-	case "Symlink", "Link":
-		return &os.PathError{Op: strings.ToLower(r.Method), Path: r.Target, Err: syscall.EACCES}
+	case "Symlink":
+		// A link is made only when it leads inside the root whatever other links do
+		// (archive.CheckLink, with the root as the tree): os.Root keeps ferry's own
+		// requests inside it, but the host's other users would follow the link.
+		link := rel(r.Target)
+		if err := archive.CheckLink(link, r.Filepath); err != nil || link == "." {
+			return &os.PathError{Op: "symlink", Path: r.Target, Err: syscall.EACCES}
+		}
+		return fsErr(h.root.Symlink(r.Filepath, link))
+	case "Link":
+		return &os.PathError{Op: "link", Path: r.Target, Err: syscall.EACCES}
 	}
 	return sftp.ErrSSHFxOpUnsupported
 }

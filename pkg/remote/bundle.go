@@ -31,7 +31,8 @@ type Sink interface {
 // paths below the bundle's root, sizes, modes and modification times.
 type Listing struct {
 	files []pullFile
-	dirs  []pullDir // sorted by path (see list)
+	dirs  []pullDir  // sorted by path (see list)
+	links []pullLink // sorted by path; only with PullSpec.Links, which a bundle is not listed with
 	// Bytes is the sum of the listed sizes: what the bundle reads.
 	Bytes int64
 }

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/ferrydesk/ferry/pkg/archive"
 )
 
 // source is one resolved source of a copy or pull.
@@ -147,8 +149,10 @@ func (c *Conn) walk(ctx context.Context, root string, fi os.FileInfo, fn func(re
 // Copy copies sources (paths or globs; relative ones start at the login's home) into
 // destDir on the host, each under its own name, directories recursively: with cp over
 // an exec session when the host allows commands, else streamed through SFTP (read and
-// written remotely). Every source must exist and every path resolve within roots, or
-// nothing is copied. Copying again overwrites what an earlier copy left.
+// written remotely). Every source must exist, every path resolve within roots and every
+// symbolic link inside a tree lead inside what is copied (archive.CheckLink; links are
+// copied as links), or nothing is copied. Copying again overwrites what an earlier copy
+// left.
 //
 // The SFTP fallback moves every byte through this client twice; OpenSSH's copy-data
 // extension would keep them on the host, but pkg/sftp does not expose it.
@@ -183,7 +187,19 @@ func (c *Conn) Copy(ctx context.Context, roots *Roots, sources []string, destDir
 	var items []item
 	for _, s := range srcs {
 		err := c.walk(ctx, s.real, s.info, func(rel string, fi os.FileInfo) error {
-			items = append(items, item{src: path.Join(s.real, rel), dst: path.Join(dest, s.name, rel), fi: fi})
+			src := path.Join(s.real, rel)
+			if fi.Mode()&fs.ModeSymlink != 0 {
+				// Copied as a link, so it must lead inside what is copied (the pull
+				// that follows carries it as a link): refused here, before a byte moves.
+				target, err := c.sftp.ReadLink(src)
+				if err != nil {
+					return c.pathErr("readlink", src, err)
+				}
+				if err := archive.CheckLink(path.Join(s.name, rel), target); err != nil {
+					return fmt.Errorf("%w: %s on the host: %v", ErrInvalidPath, src, err)
+				}
+			}
+			items = append(items, item{src: src, dst: path.Join(dest, s.name, rel), fi: fi})
 			if fi.Mode().IsRegular() {
 				res.Bytes += fi.Size()
 				res.Files++

@@ -87,6 +87,11 @@ func TestCopyRefusesMissingAndEscapingPaths(t *testing.T) {
 	if err := os.Symlink(filepath.Join(e.dir, "outside"), filepath.Join(root, "linkdir")); err != nil {
 		t.Fatal(err)
 	}
+	// A tree whose link leads out of what is copied.
+	write(t, filepath.Join(root, "tree", "app.jar"), 10)
+	if err := os.Symlink("../../outside/secret.txt", filepath.Join(root, "tree", "out")); err != nil {
+		t.Fatal(err)
+	}
 	e.chown(e.dir)
 	c := e.open(Options{})
 	roots, err := c.Roots([]string{root})
@@ -108,6 +113,7 @@ func TestCopyRefusesMissingAndEscapingPaths(t *testing.T) {
 		{[]string{e.rel(filepath.Join(e.dir, "root2", "trap.txt"))}, r + "/dest", ErrOutsideRoots, "root2/trap.txt"},
 		{[]string{r + "/ok.txt"}, r + "/../root2/dest", ErrOutsideRoots, "root2/dest"},
 		{[]string{r + "/ok.txt"}, r + "/linkdir/dest", ErrOutsideRoots, "linkdir/dest"},
+		{[]string{r + "/tree"}, r + "/dest", ErrInvalidPath, "tree/out on the host: archive: unsafe entry: tree/out is a symbolic link to \"../../outside/secret.txt\", which leads outside the tree"},
 	} {
 		_, err := c.Copy(context.Background(), roots, tc.sources, tc.dest, nil)
 		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.names) {

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrydesk/ferry/pkg/archive"
 	"github.com/ferrydesk/ferry/pkg/staging"
 )
 
@@ -33,6 +34,10 @@ type PullSpec struct {
 	// AllowEmpty makes missing paths, globs matching nothing and an empty result
 	// a success.
 	AllowEmpty bool
+	// Links carries the symbolic links of a tree that point inside it, as links (see
+	// archive.CheckLink), and refuses the pull, naming the link, at one that leads
+	// out; without it links are skipped. A path named in Paths is always followed.
+	Links bool
 	// Dir is the local directory the files land in (created if needed).
 	Dir string
 }
@@ -57,6 +62,12 @@ type pullDir struct {
 
 // perm is the staged directory's mode.
 func (d pullDir) perm() fs.FileMode { return d.mode | 0o700 }
+
+// pullLink is a symbolic link on the host that is pulled as a link.
+type pullLink struct {
+	rel    string
+	target string
+}
 
 // Pull copies files from the host into spec.Dir, relative structure preserved, several
 // files at once; many small files come in one tar stream where the host has GNU tar
@@ -86,6 +97,11 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	for _, d := range l.dirs {
 		if err := root.MkdirAll(filepath.FromSlash(d.rel), 0o750); err != nil {
 			return res, fmt.Errorf("staging: %w", err)
+		}
+	}
+	for _, ln := range l.links {
+		if err := stageLink(root, ln); err != nil {
+			return res, err
 		}
 	}
 	res.Bytes = l.Bytes
@@ -134,9 +150,30 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	return res, nil
 }
 
+// stageLink makes the symbolic link ln in root, replacing whatever an earlier attempt
+// left under its name.
+func stageLink(root *os.Root, ln pullLink) error {
+	p := filepath.FromSlash(ln.rel)
+	if fi, err := root.Lstat(p); err == nil {
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if t, err := root.Readlink(p); err == nil && t == ln.target {
+				return nil
+			}
+		}
+		if err := root.RemoveAll(p); err != nil {
+			return fmt.Errorf("staging: %w", err)
+		}
+	}
+	if err := root.Symlink(ln.target, p); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	return nil
+}
+
 // list expands spec's paths on the host into the regular files to pull, filtered by
 // Since and MaxSize and sorted by their path below spec.Dir. Links inside a tree are
-// not followed; two files that would land on one path are refused. The directories
+// not followed: with spec.Links they are listed as links, else skipped; two entries
+// that would land on one path are refused. The directories
 // listed, sorted by path, are every one that holds a listed file and, unless Since or
 // MaxSize filtered the files, every other one walked too: a tree comes whole, its empty
 // directories with it.
@@ -146,6 +183,7 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 		return nil, err
 	}
 	var files []pullFile
+	var links []pullLink
 	byRel := map[string]string{}
 	dirs := map[string]pullDir{}
 	for _, s := range srcs {
@@ -155,7 +193,25 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 		}
 		err := c.walk(ctx, s.real, s.info, func(rel string, fi fs.FileInfo) error {
 			if fi.Mode()&fs.ModeSymlink != 0 {
-				return nil // links inside a tree are not followed: they may lead anywhere
+				// Never followed: it may lead anywhere. Carried as a link when it
+				// stays inside what is pulled, else skipped or refused.
+				if !spec.Links || rel == "" {
+					return nil
+				}
+				r, p := path.Join(base, rel), path.Join(s.real, rel)
+				target, err := c.sftp.ReadLink(p)
+				if err != nil {
+					return c.pathErr("readlink", p, err)
+				}
+				if err := archive.CheckLink(r, target); err != nil {
+					return fmt.Errorf("%w: %s on the host: %v", ErrInvalidPath, p, err)
+				}
+				if other, dup := byRel[r]; dup {
+					return fmt.Errorf("%w: %s and %s would both be staged as %s", ErrInvalidPath, other, p, r)
+				}
+				byRel[r] = p
+				links = append(links, pullLink{rel: r, target: target})
+				return nil
 			}
 			if fi.IsDir() {
 				if r := path.Join(base, rel); r != "" {
@@ -190,7 +246,7 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 		}
 		return nil, fmt.Errorf("%s: no file to pull: %w", what, ErrNotFound)
 	}
-	l := &Listing{files: files}
+	l := &Listing{files: files, links: links}
 	held := map[string]bool{}
 	for _, f := range files {
 		l.Bytes += f.size
@@ -203,6 +259,17 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 			l.dirs = append(l.dirs, meta)
 		}
 	}
+	for _, ln := range links { // a link's directory is staged: it holds it
+		for d := path.Dir(ln.rel); d != "." && !held[d]; d = path.Dir(d) {
+			held[d] = true
+			meta, ok := dirs[d]
+			if !ok {
+				meta = pullDir{rel: d, mtime: time.Unix(0, 0), mode: 0o755}
+			}
+			l.dirs = append(l.dirs, meta)
+		}
+	}
+	slices.SortFunc(l.links, func(a, b pullLink) int { return strings.Compare(a.rel, b.rel) })
 	if spec.Since == 0 && spec.MaxSize == 0 {
 		for r, meta := range dirs {
 			if !held[r] {

@@ -99,6 +99,60 @@ func TestPullTreeAndGlob(t *testing.T) {
 	}
 }
 
+// With Links, a link that stays inside the pulled tree is staged as a link, and one
+// leading out fails the listing naming it before anything is staged; without, links
+// are skipped.
+func TestPullLinks(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	tree := filepath.Join(e.dir, "update")
+	write(t, filepath.Join(tree, "lib", "libapp.so.1"), 100)
+	links := map[string]string{"lib/libapp.so": "libapp.so.1", "current": "lib", "lib/up": ".."}
+	for p, target := range links {
+		if err := os.Symlink(target, filepath.Join(tree, filepath.FromSlash(p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("/etc/passwd", filepath.Join(tree, "lib", "passwd")); err != nil {
+		t.Fatal(err)
+	}
+	e.chown(e.dir)
+	c := e.open(Options{})
+	roots, _ := c.Roots(nil)
+	ctx := context.Background()
+
+	into := filepath.Join(t.TempDir(), "files")
+	_, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(tree)}, Links: true, Dir: into}, nil)
+	if !errors.Is(err, ErrInvalidPath) || !strings.Contains(err.Error(), filepath.Join(tree, "lib", "passwd")) || !strings.Contains(err.Error(), "leads outside the tree") {
+		t.Fatalf("a link leading out: %v", err)
+	}
+	if entries, _ := os.ReadDir(into); len(entries) != 0 {
+		t.Fatalf("staged %d entries before refusing", len(entries))
+	}
+	if err := os.Remove(filepath.Join(tree, "lib", "passwd")); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second time over what the first staged
+		res, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(tree)}, Links: true, Dir: into}, nil)
+		if err != nil || res.Files != 1 {
+			t.Fatalf("pull: %+v, %v", res, err)
+		}
+		for p, want := range links {
+			if got, err := os.Readlink(filepath.Join(into, filepath.FromSlash(p))); err != nil || got != want {
+				t.Errorf("%s: staged as a link to %q (%v), want %q", p, got, err, want)
+			}
+		}
+	}
+	skipped := t.TempDir()
+	if _, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(tree)}, Dir: skipped}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for p := range links {
+		if _, err := os.Lstat(filepath.Join(skipped, filepath.FromSlash(p))); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("without Links, %s was staged (%v)", p, err)
+		}
+	}
+}
+
 // Since and MaxSize choose the files; a file growing during the pull is captured up to
 // the size it had when listed.
 func TestPullFiltersAndGrowingFile(t *testing.T) {

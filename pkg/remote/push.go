@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
+	"github.com/ferrydesk/ferry/pkg/archive"
 	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/pkg/sftp"
 )
@@ -379,8 +380,9 @@ func (c *Conn) resumeOffset(ctx context.Context, local *os.File, part string, si
 
 // PutTree lands the staged tree m describes in dir (absolute, resolved): every file of
 // m.Files (paths relative to localDir, slash-separated) is uploaded below
-// dir/.ferry-incoming-<tag>/ and verified against its size and SHA-256; the files and
-// every directory of m.Dirs, empty ones too, take their listed modes and times; then
+// dir/.ferry-incoming-<tag>/ and verified against its size and SHA-256, every link of
+// m.Links made there (each pointing inside the tree); the files and every directory of
+// m.Dirs, empty ones too, take their listed modes and times; then
 // each top-level entry is moved into place with posix-rename — a directory by renaming
 // the old one aside, the new one in, and removing the old — so a half-delivered tree is
 // never visible under its final names. A tree already in place and verified is left
@@ -414,6 +416,26 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, m contrac
 			return err
 		}
 	}
+	for _, l := range m.Links {
+		if err := entry(l.Path); err != nil {
+			return err
+		}
+		if err := archive.CheckLink(l.Path, l.Target); err != nil {
+			return fmt.Errorf("%w: %v", ErrVerify, err)
+		}
+	}
+	// Nothing lands through a link: no entry lies below one.
+	isLink := map[string]bool{}
+	for _, l := range m.Links {
+		isLink[l.Path] = true
+	}
+	for _, p := range append(filePaths(files), slices.Concat(dirPaths(m.Dirs), slices.Collect(maps.Keys(isLink)))...) {
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
+			if isLink[d] {
+				return fmt.Errorf("%w: manifest entry %q lies below the symbolic link %q", ErrVerify, p, d)
+			}
+		}
+	}
 	prog.setTotal(total)
 	incoming := path.Join(dir, ".ferry-incoming-"+tag)
 
@@ -433,7 +455,11 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, m contrac
 	for _, d := range m.Dirs {
 		made[d.Path] = true
 	}
-	for _, p := range append(slices.Collect(maps.Keys(made)), filePaths(files)...) {
+	leaves := filePaths(files)
+	for _, l := range m.Links {
+		leaves = append(leaves, l.Path)
+	}
+	for _, p := range append(slices.Collect(maps.Keys(made)), leaves...) {
 		for d := path.Dir(p); d != "." && !made[d]; d = path.Dir(d) {
 			made[d] = true
 		}
@@ -445,6 +471,17 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, m contrac
 			if fi, serr := c.sftp.Stat(p); serr != nil || !fi.IsDir() {
 				return c.failTree(incoming, c.writeErr(p, err))
 			}
+		}
+	}
+
+	for _, l := range m.Links {
+		p := path.Join(incoming, l.Path)
+		if target, err := c.sftp.ReadLink(p); err == nil && target == l.Target {
+			continue // made by an earlier attempt
+		}
+		_ = c.sftp.Remove(p)
+		if err := c.sftp.Symlink(l.Target, p); err != nil {
+			return c.failTree(incoming, c.writeErr(p, err))
 		}
 	}
 
@@ -580,6 +617,15 @@ func (c *Conn) setTreeAttrs(ctx context.Context, incoming string, m contracts.Ma
 	return nil
 }
 
+// dirPaths returns the paths of dirs.
+func dirPaths(dirs []contracts.ManifestDir) []string {
+	out := make([]string, len(dirs))
+	for i, d := range dirs {
+		out[i] = d.Path
+	}
+	return out
+}
+
 // filePaths returns the paths of files.
 func filePaths(files []contracts.ManifestFile) []string {
 	out := make([]string, len(files))
@@ -604,6 +650,19 @@ func (c *Conn) treeInPlace(ctx context.Context, dir string, m contracts.Manifest
 	files := m.Files
 	if len(files) == 0 {
 		return false, nil
+	}
+	for _, l := range m.Links {
+		p := path.Join(dir, l.Path)
+		target, err := c.sftp.ReadLink(p)
+		if err != nil {
+			if e := connErr(c.ssh, err); e != nil && !errors.Is(err, fs.ErrNotExist) {
+				return false, fmt.Errorf("readlink %s: %w", p, e)
+			}
+			return false, nil
+		}
+		if target != l.Target {
+			return false, nil
+		}
 	}
 	for _, d := range m.Dirs {
 		p := path.Join(dir, d.Path)

@@ -3,6 +3,7 @@ package remote
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -252,10 +253,17 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 			for _, p := range slices.Sorted(maps.Keys(dirs)) {
 				m.Dirs = append(m.Dirs, contracts.ManifestDir{Path: p, Mode: dirs[p], MTime: mtime.Add(time.Hour)})
 			}
+			// Links inside the tree land as links.
+			m.Links = []contracts.ManifestLink{{Path: "CURRENT", Target: "app/lib/x.jar"}, {Path: "app/lib/x-latest.jar", Target: "x.jar"}}
 			c := e.open(Options{})
 			var sent atomic.Int64
 			if err := c.PutTree(context.Background(), tree, dest, "job1", m, nil, &sent); err != nil {
 				t.Fatal(err)
+			}
+			for _, l := range m.Links {
+				if got, err := os.Readlink(filepath.Join(dest, filepath.FromSlash(l.Path))); err != nil || got != l.Target {
+					t.Errorf("%s landed as a link to %q (%v), want %q", l.Path, got, err, l.Target)
+				}
 			}
 			for p, mode := range dirs {
 				fi, err := os.Stat(filepath.Join(dest, filepath.FromSlash(p)))
@@ -293,6 +301,32 @@ func TestPutTreeReplacesPreviousVersion(t *testing.T) {
 				t.Fatalf("again: %v, sent %d", err, sent.Load())
 			}
 		})
+	}
+}
+
+// A manifest whose links lead out of the tree, or that would land an entry through a
+// link, is refused before anything is sent.
+func TestPutTreeRefusesBadLinks(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	dest := filepath.Join(e.dir, "opt-app")
+	e.chown(e.dir)
+	tree := t.TempDir()
+	write(t, filepath.Join(tree, "a", "f"), 10)
+	f := contracts.ManifestFile{Path: "a/f", Size: 10, SHA256: fileSHA(t, filepath.Join(tree, "a", "f"))}
+	c := e.open(Options{})
+	for name, links := range map[string][]contracts.ManifestLink{
+		"leads out":       {{Path: "a/l", Target: "../../etc/passwd"}},
+		"absolute":        {{Path: "l", Target: "/etc"}},
+		"entry below one": {{Path: "a", Target: "b"}},
+	} {
+		var sent atomic.Int64
+		err := c.PutTree(context.Background(), tree, dest, "job1", contracts.Manifest{Files: []contracts.ManifestFile{f}, Links: links}, nil, &sent)
+		if !errors.Is(err, ErrVerify) || sent.Load() != 0 {
+			t.Errorf("%s: %v (sent %d), want ErrVerify before sending", name, err, sent.Load())
+		}
+		if _, err := os.Stat(dest); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: %s was made", name, dest)
+		}
 	}
 }
 

@@ -118,7 +118,8 @@ func DefaultWorkflows() Workflows {
 				}},
 			{Name: "pull", Service: contracts.ServiceTransfer, Op: contracts.OpPull, Policy: policyBytes,
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
-					return contracts.PullArgs{Host: r.Update.From, Paths: []string{"ferry/updates/" + j.ID}, Into: stagingFiles}, nil
+					// An update comes as it is: its links inside the tree as links.
+					return contracts.PullArgs{Host: r.Update.From, Paths: []string{"ferry/updates/" + j.ID}, Links: true, Into: stagingFiles}, nil
 				}},
 			{Name: "archive", Service: contracts.ServiceArchiver, Op: contracts.OpArchive, Policy: policyLocal,
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {

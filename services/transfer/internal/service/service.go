@@ -223,7 +223,7 @@ func (t *Transfer) Pull(ctx context.Context, args contracts.PullArgs) (contracts
 	end := t.track(ctx, DirPull, args.Host, args.Into, prog)
 	res, err := conn.Pull(ctx, roots, remote.PullSpec{
 		Paths: args.Paths, Since: time.Duration(args.Since), MaxSize: int64(args.MaxSize),
-		AllowEmpty: args.AllowEmpty, Dir: filepath.Join(jobDir, args.Into),
+		AllowEmpty: args.AllowEmpty, Links: args.Links, Dir: filepath.Join(jobDir, args.Into),
 	}, prog)
 	end(res, res.Sent)
 	if err != nil {
