@@ -397,7 +397,7 @@ func scan(ctx context.Context, src *os.Root) ([]entry, int64, error) {
 			entries = append(entries, entry{path: p, link: target})
 			return nil
 		case t != 0 && t != fs.ModeDir:
-			return fmt.Errorf("%w: %s is a %s; archives hold regular files and directories only", ErrUnsupported, p, typeName(t))
+			return fmt.Errorf("%w: %s is a %s; archives hold regular files, directories and links inside the tree only", ErrUnsupported, p, typeName(t))
 		}
 		fi, err := d.Info()
 		if err != nil {

@@ -54,17 +54,28 @@ func SafePath(name string) (string, error) {
 	return name, nil
 }
 
+// LinkError says why a symbolic link does not point inside its tree. It wraps ErrUnsafe;
+// its message names the link, its target and the reason, and nothing else, so that
+// callers can put it behind their own words.
+type LinkError struct {
+	Path, Target, Why string
+}
+
+func (e *LinkError) Error() string {
+	return fmt.Sprintf("%s is a symbolic link to %q, %s", e.Path, e.Target, e.Why)
+}
+
+func (e *LinkError) Unwrap() error { return ErrUnsafe }
+
 // CheckLink checks that the symbolic link p (a SafePath) with the target target points
 // inside the tree p belongs to, whatever the other links of the tree are: target must
 // be relative and clean (path.Clean leaves it as it is), with no backslash or control
 // character, and its ".." components, which only a clean path's leading run can hold,
 // may climb to the tree's root but not above it. A link such as "x/../y", or through
 // another link and back up, is refused: the kernel would resolve ".." from where that
-// link leads, not from where the name stands. The error wraps ErrUnsafe.
+// link leads, not from where the name stands. The error is a *LinkError.
 func CheckLink(p, target string) error {
-	bad := func(why string) error {
-		return fmt.Errorf("%w: %s is a symbolic link to %q, %s", ErrUnsafe, p, target, why)
-	}
+	bad := func(why string) error { return &LinkError{Path: p, Target: target, Why: why} }
 	switch {
 	case target == "":
 		return bad("an empty target")
@@ -236,7 +247,7 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 		isDir := hdr.Typeflag == tar.TypeDir
 		if hdr.Typeflag == tar.TypeSymlink {
 			if err := CheckLink(p, hdr.Linkname); err != nil {
-				return err
+				return fmt.Errorf("archive: %w", err)
 			}
 		}
 		if named[p] {

@@ -196,7 +196,7 @@ func (c *Conn) Copy(ctx context.Context, roots *Roots, sources []string, destDir
 					return c.pathErr("readlink", src, err)
 				}
 				if err := archive.CheckLink(path.Join(s.name, rel), target); err != nil {
-					return fmt.Errorf("%w: %s on the host: %v", ErrInvalidPath, src, err)
+					return linkErr(src, err)
 				}
 			}
 			items = append(items, item{src: src, dst: path.Join(dest, s.name, rel), fi: fi})

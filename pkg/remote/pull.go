@@ -150,6 +150,15 @@ func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Prog
 	return res, nil
 }
 
+// linkErr is ErrInvalidPath for the link hostPath that archive.CheckLink refused.
+func linkErr(hostPath string, err error) error {
+	var le *archive.LinkError
+	if errors.As(err, &le) {
+		return fmt.Errorf("%w: %s on the host is a symbolic link to %q, %s", ErrInvalidPath, hostPath, le.Target, le.Why)
+	}
+	return fmt.Errorf("%w: %s: %v", ErrInvalidPath, hostPath, err)
+}
+
 // stageLink makes the symbolic link ln in root, replacing whatever an earlier attempt
 // left under its name.
 func stageLink(root *os.Root, ln pullLink) error {
@@ -204,7 +213,7 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 					return c.pathErr("readlink", p, err)
 				}
 				if err := archive.CheckLink(r, target); err != nil {
-					return fmt.Errorf("%w: %s on the host: %v", ErrInvalidPath, p, err)
+					return linkErr(p, err)
 				}
 				if other, dup := byRel[r]; dup {
 					return fmt.Errorf("%w: %s and %s would both be staged as %s", ErrInvalidPath, other, p, r)
