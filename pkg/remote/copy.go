@@ -231,6 +231,9 @@ func (c *Conn) Copy(ctx context.Context, roots *Roots, sources []string, destDir
 			if errors.As(err, &ce) && (strings.Contains(ce.Stderr, "No space left") || strings.Contains(ce.Stderr, "quota")) {
 				return res, fmt.Errorf("%w: copying into %s: %s", ErrRemoteWrite, dest, ce.Stderr)
 			}
+			if errors.As(err, &ce) && strings.Contains(ce.Stderr, "Permission denied") {
+				return res, fmt.Errorf("%w: copying into %s: %s", ErrPermission, dest, ce.Stderr)
+			}
 			return res, fmt.Errorf("cp into %s: %w", dest, err)
 		}
 		prog.add(res.Bytes)

@@ -93,6 +93,9 @@ func TestCopyRefusesMissingAndEscapingPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.chown(e.dir)
+	if err := os.Mkdir(filepath.Join(root, "locked"), 0o755); err != nil { // root's: not the login's
+		t.Fatal(err)
+	}
 	c := e.open(Options{})
 	roots, err := c.Roots([]string{root})
 	if err != nil {
@@ -113,6 +116,7 @@ func TestCopyRefusesMissingAndEscapingPaths(t *testing.T) {
 		{[]string{e.rel(filepath.Join(e.dir, "root2", "trap.txt"))}, r + "/dest", ErrOutsideRoots, "root2/trap.txt"},
 		{[]string{r + "/ok.txt"}, r + "/../root2/dest", ErrOutsideRoots, "root2/dest"},
 		{[]string{r + "/ok.txt"}, r + "/linkdir/dest", ErrOutsideRoots, "linkdir/dest"},
+		{[]string{r + "/ok.txt"}, r + "/locked/dest", ErrPermission, "remote write refused (permission denied): " + filepath.Join(root, "locked", "dest")},
 		{[]string{r + "/tree"}, r + "/dest", ErrInvalidPath, "tree/out on the host is a symbolic link to \"../../outside/secret.txt\", which leads outside the tree"},
 	} {
 		_, err := c.Copy(context.Background(), roots, tc.sources, tc.dest, nil)
@@ -120,7 +124,7 @@ func TestCopyRefusesMissingAndEscapingPaths(t *testing.T) {
 			t.Errorf("copy %v to %s: %v, want %v naming %s", tc.sources, tc.dest, err, tc.want, tc.names)
 		}
 	}
-	for _, p := range []string{filepath.Join(root, "dest"), filepath.Join(e.dir, "root2", "dest"), filepath.Join(e.dir, "outside", "dest")} {
+	for _, p := range []string{filepath.Join(root, "dest"), filepath.Join(root, "locked", "dest"), filepath.Join(e.dir, "root2", "dest"), filepath.Join(e.dir, "outside", "dest")} {
 		if _, err := os.Lstat(p); err == nil {
 			t.Errorf("%s exists: something was copied", p)
 		}

@@ -216,6 +216,28 @@ func TestPutDiskFull(t *testing.T) {
 	}
 }
 
+// A directory the login may not write to fails the push as a refused write that says
+// so, not as a full disk; nothing lands.
+func TestPutPermissionDenied(t *testing.T) {
+	e := newEnv(t, sshtest.Options{})
+	dest := filepath.Join(e.dir, "root-owned")
+	if err := os.Mkdir(dest, 0o755); err != nil { // left to root: not the login's
+		t.Fatal(err)
+	}
+	local := filepath.Join(t.TempDir(), "update.tar.zst")
+	write(t, local, 1<<20)
+	c := e.open(Options{})
+	var sent atomic.Int64
+	err := c.Put(context.Background(), upload(t, local, dest, "update.tar.zst", "job1"), nil, &sent)
+	if !errors.Is(err, ErrPermission) || !errors.Is(err, ErrRemoteWrite) || !strings.Contains(err.Error(), "permission denied") ||
+		strings.Contains(err.Error(), "disk full") || !strings.Contains(err.Error(), dest) {
+		t.Fatalf("got %v, want a refused write saying permission denied", err)
+	}
+	if entries, _ := os.ReadDir(dest); len(entries) != 0 {
+		t.Fatalf("left in the directory: %v", entries)
+	}
+}
+
 // An unpacked tree lands in place of the previous version, each file verified, with no
 // incoming directory left; landing it again sends nothing.
 func TestPutTreeReplacesPreviousVersion(t *testing.T) {

@@ -53,6 +53,16 @@ var (
 	ErrConnection = errors.New("connection lost")
 )
 
+// ErrPermission: the host refused a write for want of permission. It is an
+// ErrRemoteWrite (errors.Is holds) that does not send the operator looking for a full
+// disk.
+var ErrPermission error = permissionError{}
+
+type permissionError struct{}
+
+func (permissionError) Error() string        { return "remote write refused (permission denied)" }
+func (permissionError) Is(target error) bool { return target == ErrRemoteWrite }
+
 // Defaults of Options.
 const (
 	DefaultMaxPacket       = 255 * 1024 // OpenSSH's sftp-server accepts 256 KiB messages
@@ -407,10 +417,15 @@ func (c *Conn) pathErr(op, p string, err error) error {
 	return fmt.Errorf("%s %s: %w", op, p, err)
 }
 
-// writeErr wraps an error writing remote path p.
+// writeErr wraps an error writing remote path p: ErrConnection, ErrPermission or
+// ErrRemoteWrite.
 func (c *Conn) writeErr(p string, err error) error {
 	if e := connErr(c.ssh, err); e != nil {
 		return fmt.Errorf("writing %s: %w", p, e)
+	}
+	var se *sftp.StatusError
+	if errors.Is(err, fs.ErrPermission) || errors.As(err, &se) && se.FxCode() == sftp.ErrSSHFxPermissionDenied {
+		return fmt.Errorf("%w: %s: %v", ErrPermission, p, err)
 	}
 	return fmt.Errorf("%w: %s: %v", ErrRemoteWrite, p, err)
 }
