@@ -10,17 +10,17 @@
 //
 // The same tree gives the same bytes, whoever writes it and however often:
 //
-//   - entries are the tree's directories and regular files, sorted by their
-//     slash-separated path (byte order; a directory comes before what it holds);
-//
+//   - entries are the tree's directories, regular files and symbolic links, sorted by
+//     their slash-separated path (byte order; a directory comes before what it holds);
 //   - each header has uid and gid 0, no user or group names, mode = the permission bits,
 //     mtime = the file's own mtime truncated to whole seconds, no access or change time;
-//
+//   - a symbolic link is never followed, and is an entry only when it points inside the
+//     tree (see CheckLink): mode 0777, its target as the link name, mtime 0 (a link's
+//     own time is not carried: neither SFTP nor os.Root can set one);
 //   - headers are USTAR where the entry fits (ASCII name of up to 100 bytes, or up to 255
 //     split at a slash; size under 8 GiB) and GNU otherwise (GNU long-name records for
 //     long or non-ASCII names, base-256 sizes); never PAX, so no extended records that
 //     carry times or ids;
-//
 //   - zstd (the default) is a sequence of independent frames, one per 2 MiB of the tar
 //     stream, compressed several at once (one per CPU, at most four) and written in
 //     order, with options spelled out, not left to library defaults that could follow
@@ -30,10 +30,6 @@
 //     gzip has no name, no comment, a zero mtime and the default level. The bytes are
 //     stable for one version of github.com/klauspost/compress; another version may
 //     compress differently (manifests and checks never depend on that).
-//
-//   - a symbolic link is an entry of its own (mode 0777, its target as the link name,
-//     mtime 0: a link's own time is not carried, since neither SFTP nor os.Root can set
-//     one), never followed, and only when it points inside the tree (see CheckLink).
 //
 // Paths must be portable: valid UTF-8, no backslash, no control character, no empty,
 // "." or ".." component (see SafePath). A tree with any other kind of entry is refused

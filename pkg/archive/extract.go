@@ -245,11 +245,6 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 			return err
 		}
 		isDir := hdr.Typeflag == tar.TypeDir
-		if hdr.Typeflag == tar.TypeSymlink {
-			if err := CheckLink(p, hdr.Linkname); err != nil {
-				return fmt.Errorf("archive: %w", err)
-			}
-		}
 		if named[p] {
 			return fmt.Errorf("%w: %s appears twice", ErrUnsafe, p)
 		}
@@ -286,6 +281,9 @@ func read(ctx context.Context, r io.Reader, m contracts.Manifest, x *extractor) 
 			continue
 		}
 		if hdr.Typeflag == tar.TypeSymlink {
+			if err := CheckLink(p, hdr.Linkname); err != nil {
+				return fmt.Errorf("archive: %w", err)
+			}
 			switch target, ok := wantLinks[p]; {
 			case !ok:
 				return fmt.Errorf("%w: the symbolic link %s is not in the manifest", ErrMismatch, p)

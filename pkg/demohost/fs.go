@@ -162,7 +162,7 @@ func (h *handlers) Filecmd(r *sftp.Request) error {
 		// (archive.CheckLink, with the root as the tree): os.Root keeps ferry's own
 		// requests inside it, but the host's other users would follow the link.
 		link := rel(r.Target)
-		if err := archive.CheckLink(link, r.Filepath); err != nil || link == "." {
+		if err := archive.CheckLink(link, r.Filepath); err != nil {
 			return &os.PathError{Op: "symlink", Path: r.Target, Err: syscall.EACCES}
 		}
 		return fsErr(h.root.Symlink(r.Filepath, link))

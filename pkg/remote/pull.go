@@ -204,7 +204,7 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 			if fi.Mode()&fs.ModeSymlink != 0 {
 				// Never followed: it may lead anywhere. Carried as a link when it
 				// stays inside what is pulled, else skipped or refused.
-				if !spec.Links || rel == "" {
+				if !spec.Links {
 					return nil
 				}
 				r, p := path.Join(base, rel), path.Join(s.real, rel)
@@ -257,26 +257,22 @@ func (c *Conn) list(ctx context.Context, roots *Roots, spec PullSpec) (*Listing,
 	}
 	l := &Listing{files: files, links: links}
 	held := map[string]bool{}
-	for _, f := range files {
-		l.Bytes += f.size
-		for d := path.Dir(f.rel); d != "." && !held[d]; d = path.Dir(d) {
+	hold := func(rel string, mtime time.Time) { // the directories above a listed entry
+		for d := path.Dir(rel); d != "." && !held[d]; d = path.Dir(d) {
 			held[d] = true
 			meta, ok := dirs[d]
 			if !ok { // not walked (each is, so far): a fixed rule, the same for pull and bundle
-				meta = pullDir{rel: d, mtime: f.mtime, mode: 0o755}
+				meta = pullDir{rel: d, mtime: mtime, mode: 0o755}
 			}
 			l.dirs = append(l.dirs, meta)
 		}
 	}
-	for _, ln := range links { // a link's directory is staged: it holds it
-		for d := path.Dir(ln.rel); d != "." && !held[d]; d = path.Dir(d) {
-			held[d] = true
-			meta, ok := dirs[d]
-			if !ok {
-				meta = pullDir{rel: d, mtime: time.Unix(0, 0), mode: 0o755}
-			}
-			l.dirs = append(l.dirs, meta)
-		}
+	for _, f := range files {
+		l.Bytes += f.size
+		hold(f.rel, f.mtime)
+	}
+	for _, ln := range links {
+		hold(ln.rel, time.Unix(0, 0))
 	}
 	slices.SortFunc(l.links, func(a, b pullLink) int { return strings.Compare(a.rel, b.rel) })
 	if spec.Since == 0 && spec.MaxSize == 0 {

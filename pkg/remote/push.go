@@ -393,8 +393,14 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, m contrac
 	}
 	files := m.Files
 	var total int64
+	for _, f := range files {
+		total += f.Size
+	}
+	linkPaths := pathsOf(m.Links, func(l contracts.ManifestLink) string { return l.Path })
+	all := slices.Concat(pathsOf(files, func(f contracts.ManifestFile) string { return f.Path }),
+		pathsOf(m.Dirs, func(d contracts.ManifestDir) string { return d.Path }), linkPaths)
 	tops := map[string]bool{}
-	entry := func(p string) error {
+	for _, p := range all {
 		if p == "" || path.IsAbs(p) || path.Clean(p) != p || p == ".." || strings.HasPrefix(p, "../") || strings.ContainsRune(p, 0) {
 			return fmt.Errorf("%w: manifest entry %q is not a relative, clean path", ErrVerify, p)
 		}
@@ -403,35 +409,16 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, m contrac
 			return fmt.Errorf("%w: manifest entry %q uses a name ferry reserves", ErrVerify, p)
 		}
 		tops[top] = true
-		return nil
-	}
-	for _, f := range files {
-		if err := entry(f.Path); err != nil {
-			return err
-		}
-		total += f.Size
-	}
-	for _, d := range m.Dirs {
-		if err := entry(d.Path); err != nil {
-			return err
-		}
 	}
 	for _, l := range m.Links {
-		if err := entry(l.Path); err != nil {
-			return err
-		}
 		if err := archive.CheckLink(l.Path, l.Target); err != nil {
 			return fmt.Errorf("%w: %v", ErrVerify, err)
 		}
 	}
 	// Nothing lands through a link: no entry lies below one.
-	isLink := map[string]bool{}
-	for _, l := range m.Links {
-		isLink[l.Path] = true
-	}
-	for _, p := range append(filePaths(files), slices.Concat(dirPaths(m.Dirs), slices.Collect(maps.Keys(isLink)))...) {
+	for _, p := range all {
 		for d := path.Dir(p); d != "."; d = path.Dir(d) {
-			if isLink[d] {
+			if slices.Contains(linkPaths, d) {
 				return fmt.Errorf("%w: manifest entry %q lies below the symbolic link %q", ErrVerify, p, d)
 			}
 		}
@@ -455,12 +442,8 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, m contrac
 	for _, d := range m.Dirs {
 		made[d.Path] = true
 	}
-	leaves := filePaths(files)
-	for _, l := range m.Links {
-		leaves = append(leaves, l.Path)
-	}
-	for _, p := range append(slices.Collect(maps.Keys(made)), leaves...) {
-		for d := path.Dir(p); d != "." && !made[d]; d = path.Dir(d) {
+	for _, p := range all {
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
 			made[d] = true
 		}
 	}
@@ -617,20 +600,11 @@ func (c *Conn) setTreeAttrs(ctx context.Context, incoming string, m contracts.Ma
 	return nil
 }
 
-// dirPaths returns the paths of dirs.
-func dirPaths(dirs []contracts.ManifestDir) []string {
-	out := make([]string, len(dirs))
-	for i, d := range dirs {
-		out[i] = d.Path
-	}
-	return out
-}
-
-// filePaths returns the paths of files.
-func filePaths(files []contracts.ManifestFile) []string {
-	out := make([]string, len(files))
-	for i, f := range files {
-		out[i] = f.Path
+// pathsOf returns the path of each of a manifest's entries.
+func pathsOf[E any](entries []E, path func(E) string) []string {
+	out := make([]string, len(entries))
+	for i, e := range entries {
+		out[i] = path(e)
 	}
 	return out
 }
@@ -651,44 +625,31 @@ func (c *Conn) treeInPlace(ctx context.Context, dir string, m contracts.Manifest
 	if len(files) == 0 {
 		return false, nil
 	}
+	// lost is the error of a check that could not be made: only a lost connection
+	// counts, anything else means "not in place".
+	lost := func(op, p string, err error) error {
+		if e := connErr(c.ssh, err); e != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s %s: %w", op, p, e)
+		}
+		return nil
+	}
 	for _, l := range m.Links {
 		p := path.Join(dir, l.Path)
-		target, err := c.sftp.ReadLink(p)
-		if err != nil {
-			if e := connErr(c.ssh, err); e != nil && !errors.Is(err, fs.ErrNotExist) {
-				return false, fmt.Errorf("readlink %s: %w", p, e)
-			}
-			return false, nil
-		}
-		if target != l.Target {
-			return false, nil
+		if target, err := c.sftp.ReadLink(p); err != nil || target != l.Target {
+			return false, lost("readlink", p, err)
 		}
 	}
 	for _, d := range m.Dirs {
 		p := path.Join(dir, d.Path)
-		fi, err := c.sftp.Stat(p)
-		if err != nil {
-			if e := connErr(c.ssh, err); e != nil && !errors.Is(err, fs.ErrNotExist) {
-				return false, fmt.Errorf("stat %s: %w", p, e)
-			}
-			return false, nil
-		}
-		if !fi.IsDir() {
-			return false, nil
+		if fi, err := c.sftp.Stat(p); err != nil || !fi.IsDir() {
+			return false, lost("stat", p, err)
 		}
 	}
 	paths := make([]string, len(files))
 	for i, f := range files {
 		paths[i] = path.Join(dir, f.Path)
-		fi, err := c.sftp.Stat(paths[i])
-		if err != nil {
-			if e := connErr(c.ssh, err); e != nil && !errors.Is(err, fs.ErrNotExist) {
-				return false, fmt.Errorf("stat %s: %w", paths[i], e)
-			}
-			return false, nil
-		}
-		if fi.Size() != f.Size {
-			return false, nil
+		if fi, err := c.sftp.Stat(paths[i]); err != nil || fi.Size() != f.Size {
+			return false, lost("stat", paths[i], err)
 		}
 	}
 	sums, err := c.sha256Many(ctx, paths)
