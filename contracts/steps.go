@@ -172,16 +172,22 @@ type PullArgs struct {
 	Into  string `json:"into"`
 }
 
-// BundleArgs streams the files Paths select on Host (as PullArgs does) into the
-// archive Name with its manifest in the job's staging area, without staging the files.
+// BundleArgs takes the files Paths select on Host (as PullArgs does) into the archive
+// Name with its manifest in the job's staging area: a pull and an archive in one pass,
+// the files streamed from the host into the archive without being staged.
 type BundleArgs struct {
-	Host        string   `json:"host"`
-	Paths       []string `json:"paths"`
-	Since       Duration `json:"since,omitempty"`
-	MaxSize     Size     `json:"max_size,omitempty"`
-	AllowEmpty  bool     `json:"allow_empty,omitempty"`
-	Name        string   `json:"name"`
-	Compression string   `json:"compression"`
+	Host       string   `json:"host"`
+	Paths      []string `json:"paths"`
+	Since      Duration `json:"since,omitempty"`
+	MaxSize    Size     `json:"max_size,omitempty"`
+	AllowEmpty bool     `json:"allow_empty,omitempty"`
+	// Links carries the symbolic links of a tree that point inside it, as PullArgs.Links.
+	Links bool `json:"links,omitempty"`
+	// Stage, when set, keeps the files too: they are pulled into this staging area of
+	// the job and archived from there (an update delivered unpacked pushes that tree).
+	Stage       string `json:"stage,omitempty"`
+	Name        string `json:"name"`
+	Compression string `json:"compression"`
 }
 
 // ArchiveArgs archives the staging area From of the job into Name with a manifest.

@@ -354,7 +354,7 @@ func BenchmarkOpenSSHUpdate1GiB(b *testing.B) {
 		}
 		var art contracts.ArtifactResult
 		for _, s := range job.Steps {
-			if s.Name == "archive" {
+			if s.Name == "bundle" {
 				json.Unmarshal(s.Output, &art)
 			}
 		}
@@ -387,7 +387,7 @@ func BenchmarkOpenSSHUpdate1GiB(b *testing.B) {
 	ferry, scp := median(ferryRuns), median(scpRuns)
 	ft := ferryTurns[slices.Index(ferryRuns, ferry)]
 	st := scpTurns[slices.Index(scpRuns, scp)]
-	report(b, fmt.Sprintf("update 1 GiB (copy-to-home → pull → archive zstd → push), loopback: ferry %s, scp operator→helpdesk %s + scp helpdesk→customer %s = %s (medians of %d alternating turns: ferry %s; scp + scp %s) → ratio %.2f (target ≤ 1.15)",
+	report(b, fmt.Sprintf("update 1 GiB (copy-to-home → bundle: pull + archive zstd → push), loopback: ferry %s, scp operator→helpdesk %s + scp helpdesk→customer %s = %s (medians of %d alternating turns: ferry %s; scp + scp %s) → ratio %.2f (target ≤ 1.15)",
 		secs(ferry), secs(st.hop1), secs(st.hop2), secs(scp), benchTurns, runsText(ferryRuns), runsText(scpRuns), ferry.Seconds()/scp.Seconds()), ferry.Seconds()/scp.Seconds(), "ratio-to-scp")
 	fmt.Printf("  update job steps of the median turn (wall, first start to end, and the machine's CPU time meanwhile): %s; archive %.1f MiB = %.2f of the input\n",
 		jobSteps(ft.job, ft.meter), float64(ft.artifact)/(1<<20), float64(ft.artifact)/benchBig)

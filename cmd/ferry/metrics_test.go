@@ -77,7 +77,7 @@ func TestMetricsConventions(t *testing.T) {
 			`ferry_jobs_total{action="update",outcome="succeeded"`,             // jobs by action and outcome
 			`ferry_job_duration_seconds_bucket{action="update"`,                // job duration
 			`ferry_step_duration_seconds_bucket{action="update"`,               // step duration (orchestrator)
-			`ferry_step_execution_duration_seconds_bucket{op="pull"`,           // step attempt duration (worker)
+			`ferry_step_execution_duration_seconds_bucket{op="bundle"`,         // step attempt duration (worker)
 			`ferry_steps_in_flight{op="push",service="transfer"}`,              // steps in flight
 			`ferry_step_retries_total{action="update",service="orchestrator"`,  // retries
 			`ferry_steps_past_deadline{action="update"`,                        // stuck steps

@@ -15,8 +15,9 @@ import (
 )
 
 // The update of the seed's first list: the update on the operator's PC is copied into
-// its home, pulled to staging, archived and pushed to the customer, where it lands
-// verified. Then the same with --unpack: the tree itself, each file as on the PC.
+// its home, streamed from there into an archive in staging (pulled and archived in
+// one pass: the bundle step) and pushed to the customer, where it lands verified. Then
+// the same with --unpack: the tree itself, each file as on the PC.
 func TestActionsUpdate(t *testing.T) {
 	ctx := context.Background()
 	id := fmt.Sprintf("e2e-update-%d", time.Now().UnixNano())

@@ -57,6 +57,7 @@ var actions = []action{
 		delivered: func(t testing.TB, j contracts.Job) []string {
 			return matching(st.exec(t, "customer", "ls", "-a", "/opt/app/releases"), j.ID)
 		},
+		idle: map[string]string{"archiver": "the update streams into the bundle in transfer's bundle step"},
 	},
 	{
 		name: "db-backup",

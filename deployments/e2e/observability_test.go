@@ -71,7 +71,7 @@ func TestObservabilityQueries(t *testing.T) {
 		needle := `"job_id":"` + okID + `"`
 		traceRE := regexp.MustCompile(`"trace_id":"([0-9a-f]{32})"`)
 		// Every service that ran a step of the job logs it, and the orchestrator
-		// (the log backup runs no archiver step: its bundle is the transfer's).
+		// (an update or a log backup runs no archiver step: its bundle is the transfer's).
 		used := map[string]bool{"orchestrator": true}
 		for _, s := range j.Steps {
 			used[string(s.Service)] = true

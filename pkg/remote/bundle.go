@@ -23,6 +23,8 @@ import (
 // Sink receives the entries of a bundle in path order (see pkg/archive's Writer).
 type Sink interface {
 	Dir(p string, perm fs.FileMode, mtime time.Time) error
+	// Link adds the symbolic link p to target (checked by the listing: see PullSpec.Links).
+	Link(p, target string) error
 	// File adds p of size bytes read from r; it reads exactly size bytes.
 	File(ctx context.Context, p string, size int64, perm fs.FileMode, mtime time.Time, r io.Reader) error
 }
@@ -32,7 +34,7 @@ type Sink interface {
 type Listing struct {
 	files []pullFile
 	dirs  []pullDir  // sorted by path (see list)
-	links []pullLink // sorted by path; only with PullSpec.Links, which a bundle is not listed with
+	links []pullLink // sorted by path; only with PullSpec.Links
 	// Bytes is the sum of the listed sizes: what the bundle reads.
 	Bytes int64
 }
@@ -53,18 +55,23 @@ func (c *Conn) CanStream(ctx context.Context) bool { return c.canTar(ctx) }
 
 type bundleEntry struct {
 	path  string
-	file  *pullFile   // nil for a directory
+	file  *pullFile   // set for a file
+	link  *pullLink   // set for a link; neither for a directory
 	mtime time.Time   // a directory's
 	perm  fs.FileMode // a directory's
 }
 
-// bundleEntries returns the directories holding l's files and the files, sorted by
-// path as archives are. A directory has the mode and time a pull stages it with (see
-// pullDir), so that a bundle has the bytes of an archive of what a pull stages.
+// bundleEntries returns the directories holding l's files, the files and the links,
+// sorted by path as archives are. A directory has the mode and time a pull stages it
+// with (see pullDir), so that a bundle has the bytes of an archive of what a pull
+// stages.
 func bundleEntries(l *Listing) []bundleEntry {
-	entries := make([]bundleEntry, 0, len(l.dirs)+len(l.files))
+	entries := make([]bundleEntry, 0, len(l.dirs)+len(l.files)+len(l.links))
 	for _, d := range l.dirs {
 		entries = append(entries, bundleEntry{path: d.rel, mtime: d.mtime, perm: d.perm()})
+	}
+	for i := range l.links {
+		entries = append(entries, bundleEntry{path: l.links[i].rel, link: &l.links[i]})
 	}
 	for i := range l.files {
 		entries = append(entries, bundleEntry{path: l.files[i].rel, file: &l.files[i]})
@@ -74,7 +81,8 @@ func bundleEntries(l *Listing) []bundleEntry {
 }
 
 // Bundle streams the listed files from the host into sink, in path order, through one
-// `tar -c` run on the host (CanStream must hold). The stream is not trusted: each
+// `tar -c` run on the host (CanStream must hold); directories and links come from the
+// listing. The stream is not trusted: each
 // member must be the next file asked for, a regular file, and at least its listed
 // size; a file growing meanwhile is taken up to its listed size, one that vanished or
 // shrank fails the bundle. Result.Sent is the bytes of files read.
@@ -83,6 +91,11 @@ func (c *Conn) Bundle(ctx context.Context, l *Listing, sink Sink, prog *Progress
 	prog.setTotal(l.Bytes)
 	entries := bundleEntries(l)
 	if len(l.files) == 0 {
+		for _, e := range entries {
+			if err := e.add(sink); err != nil {
+				return res, err
+			}
+		}
 		return res, nil
 	}
 	if !c.canTar(ctx) {
@@ -121,7 +134,7 @@ func (c *Conn) Bundle(ctx context.Context, l *Listing, sink Sink, prog *Progress
 	tr := tar.NewReader(stdout)
 	for i, e := range entries {
 		if e.file == nil {
-			if err := sink.Dir(e.path, e.perm, e.mtime); err != nil {
+			if err := e.add(sink); err != nil {
 				return res, err
 			}
 			continue
@@ -170,6 +183,14 @@ func (c *Conn) Bundle(ctx context.Context, l *Listing, sink Sink, prog *Progress
 		return res, fmt.Errorf("tar on the host: %v: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return res, nil
+}
+
+// add adds a directory or link entry to sink.
+func (e bundleEntry) add(sink Sink) error {
+	if e.link != nil {
+		return sink.Link(e.path, e.link.target)
+	}
+	return sink.Dir(e.path, e.perm, e.mtime)
 }
 
 // memberReader reads a member of a tar stream, up to its listed size. The stream

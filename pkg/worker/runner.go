@@ -288,6 +288,7 @@ func (r *Runner) handle(work context.Context, msg jetstream.Msg) {
 	defer r.track(cmd.JobID, &inflightStep{cancel: cancel})()
 	ctx = logctx.With(ctx, log)
 	ctx = context.WithValue(ctx, jobIDKey{}, cmd.JobID)
+	ctx = context.WithValue(ctx, attemptKey{}, cmd.Attempt)
 	ctx = withProgress(ctx, r.NC, cmd)
 
 	stopProgress := r.keepAlive(msg)
@@ -366,6 +367,16 @@ type jobIDKey struct{}
 func JobID(ctx context.Context) string {
 	id, _ := ctx.Value(jobIDKey{}).(string)
 	return id
+}
+
+type attemptKey struct{}
+
+// Attempt returns the attempt of the step that runs in ctx (1 for the first; a
+// redelivered command keeps its attempt), or 0 outside a step. A step that can work in
+// a faster way or a resumable one picks by it: a retry follows a failure.
+func Attempt(ctx context.Context) int {
+	n, _ := ctx.Value(attemptKey{}).(int)
+	return n
 }
 
 // call runs the handler, turning a panic into a permanent internal error.

@@ -70,7 +70,7 @@ func (h *harness) count(job, step string) int {
 // defaultOutput is what a step needs to hand the next one.
 func defaultOutput(cmd contracts.StepCommand) any {
 	switch cmd.Op {
-	case contracts.OpArchive, contracts.OpDump:
+	case contracts.OpArchive, contracts.OpDump, contracts.OpBundle:
 		return contracts.ArtifactResult{Name: cmd.Step + ".out", Size: 1, SHA256: "00"}
 	case contracts.OpTunnel:
 		return contracts.TunnelResult{Addr: "127.0.0.1:1"}
@@ -275,7 +275,7 @@ func TestUpdateJobRunsEveryStepInOrder(t *testing.T) {
 			if cmd.Step == "push" {
 				var a contracts.PushArgs
 				_ = json.Unmarshal(cmd.Args, &a)
-				if a.Artifact != "archive.out" || a.DestDir != "/opt/app" || a.Host != "customer" {
+				if a.Artifact != "bundle.out" || a.DestDir != "/opt/app" || a.Host != "customer" {
 					return worker.Result{}, worker.Permanent("test", fmt.Errorf("push got %+v", a))
 				}
 			}
@@ -287,7 +287,7 @@ func TestUpdateJobRunsEveryStepInOrder(t *testing.T) {
 	if j.State != contracts.JobSucceeded {
 		t.Fatalf("job %s: %+v", describe(j), j.Failure)
 	}
-	want := "connect-operator copy-to-home pull archive connect-customer push remove-staging close"
+	want := "connect-operator copy-to-home bundle connect-customer push remove-staging close"
 	if got := strings.Join(order, " "); got != want {
 		t.Fatalf("steps ran as %q, want %q", got, want)
 	}
@@ -410,19 +410,19 @@ func TestFailingStepFailsJobAfterRetriesAndClosingStepsRun(t *testing.T) {
 	h := newHarness(t)
 	h.startWorkers()
 	h.startOrchestrator(Config{})
-	h.on("pull", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
+	h.on("bundle", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
 		return worker.Result{}, worker.Retryable(contracts.CodeUnreachable, errors.New("operator-pc: connection refused"))
 	})
 	h.submit(request("job-fail"))
 	j := h.wait("job-fail", 20*time.Second)
-	if j.State != contracts.JobFailed || j.Failure == nil || j.Failure.Step != "pull" ||
+	if j.State != contracts.JobFailed || j.Failure == nil || j.Failure.Step != "bundle" ||
 		!strings.Contains(j.Failure.Message, "connection refused") || !strings.Contains(j.Failure.Message, "after 3 attempts") {
 		t.Fatalf("job %s, failure %+v", describe(j), j.Failure)
 	}
-	if n := h.count("job-fail", "pull"); n != 3 {
-		t.Errorf("pull ran %d times, want 3 (the policy)", n)
+	if n := h.count("job-fail", "bundle"); n != 3 {
+		t.Errorf("bundle ran %d times, want 3 (the policy)", n)
 	}
-	for _, name := range []string{"archive", "connect-customer", "push"} {
+	for _, name := range []string{"connect-customer", "push"} {
 		if s := stepState(j, name); s.State != contracts.StepSkipped || h.count("job-fail", name) != 0 {
 			t.Errorf("step %s: %s, ran %d times", name, s.State, h.count("job-fail", name))
 		}
@@ -470,13 +470,13 @@ func TestStepTimeoutIsRetried(t *testing.T) {
 	h.startWorkers()
 	wf := testWorkflows()
 	for i := range wf[contracts.ActionUpdate].Steps {
-		if wf[contracts.ActionUpdate].Steps[i].Name == "archive" {
+		if wf[contracts.ActionUpdate].Steps[i].Name == "bundle" {
 			wf[contracts.ActionUpdate].Steps[i].Policy.Timeout = 700 * time.Millisecond
 		}
 	}
 	h.startOrchestrator(Config{Workflows: wf})
 	var first atomic.Bool
-	h.on("archive", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
+	h.on("bundle", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
 		if first.CompareAndSwap(false, true) {
 			<-ctx.Done() // hangs until the orchestrator gives up on the attempt
 			return worker.Result{}, ctx.Err()
@@ -485,7 +485,7 @@ func TestStepTimeoutIsRetried(t *testing.T) {
 	})
 	h.submit(request("job-slow"))
 	j := h.wait("job-slow", 20*time.Second)
-	if j.State != contracts.JobSucceeded || stepState(j, "archive").Attempt != 2 {
+	if j.State != contracts.JobSucceeded || stepState(j, "bundle").Attempt != 2 {
 		t.Fatalf("%s %+v", describe(j), j.Failure)
 	}
 }
@@ -496,7 +496,7 @@ func TestCancelDuringStepRunsClosingSteps(t *testing.T) {
 	h.startOrchestrator(Config{})
 	started := make(chan struct{})
 	var stopped atomic.Bool
-	h.on("pull", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
+	h.on("bundle", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
 		close(started)
 		<-ctx.Done()
 		stopped.Store(true)
@@ -516,10 +516,10 @@ func TestCancelDuringStepRunsClosingSteps(t *testing.T) {
 	if !stopped.Load() {
 		t.Error("the step in flight was not told to stop")
 	}
-	if s := stepState(j, "pull"); s.State != contracts.StepCancelled {
-		t.Errorf("pull: %s", s.State)
+	if s := stepState(j, "bundle"); s.State != contracts.StepCancelled {
+		t.Errorf("bundle: %s", s.State)
 	}
-	for _, name := range []string{"archive", "connect-customer", "push"} {
+	for _, name := range []string{"connect-customer", "push"} {
 		if h.count("job-cancel", name) != 0 {
 			t.Errorf("%s ran after cancel", name)
 		}
@@ -546,7 +546,7 @@ func TestRestartedOrchestratorResumesJobsInFlight(t *testing.T) {
 	h := newHarness(t)
 	h.startWorkers()
 	release := make(chan struct{})
-	h.on("archive", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
+	h.on("bundle", func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
 		if cmd.JobID == "job-a" {
 			<-release
 		}
@@ -568,9 +568,9 @@ func TestRestartedOrchestratorResumesJobsInFlight(t *testing.T) {
 	stop, _ := h.startOrchestrator(Config{Workflows: wf})
 	h.submit(request("job-a"))
 	h.submit(request("job-b"))
-	waitUntil(t, "job-a in archive and job-b waiting to retry", 10*time.Second, func() bool {
+	waitUntil(t, "job-a in bundle and job-b waiting to retry", 10*time.Second, func() bool {
 		a, b := h.job("job-a"), h.job("job-b")
-		return a != nil && b != nil && stepState(a, "archive").State == contracts.StepRunning &&
+		return a != nil && b != nil && stepState(a, "bundle").State == contracts.StepRunning &&
 			stepState(b, "connect-customer").State == contracts.StepWaiting
 	})
 	stop() // killed mid-way: no orchestrator while the step ends and the retry falls due
@@ -585,8 +585,8 @@ func TestRestartedOrchestratorResumesJobsInFlight(t *testing.T) {
 	if n := h.count("job-b", "connect-customer"); n != 2 {
 		t.Errorf("job-b connect-customer ran %d times, want 2", n)
 	}
-	if n := h.count("job-a", "archive"); n != 1 {
-		t.Errorf("job-a archive ran %d times, want 1", n)
+	if n := h.count("job-a", "bundle"); n != 1 {
+		t.Errorf("job-a bundle ran %d times, want 1", n)
 	}
 }
 
@@ -601,7 +601,7 @@ func TestWorkerDeathBeforeAckIsRedelivered(t *testing.T) {
 	nc, js := h.srv.Connect(t, "dying-transfer")
 	dying := &worker.Runner{NC: nc, JS: js, Service: contracts.ServiceTransfer, InProgressEvery: 500 * time.Millisecond,
 		Handler: func(ctx context.Context, cmd contracts.StepCommand) (worker.Result, error) {
-			if cmd.Step == "pull" {
+			if cmd.Step == "bundle" {
 				did.Add(1)
 				nc.Close() // the process dies right after the work, before any report or ack
 				return worker.Result{Output: defaultOutput(cmd)}, nil
@@ -611,23 +611,23 @@ func TestWorkerDeathBeforeAckIsRedelivered(t *testing.T) {
 	h.run(dying.Run)
 	h.startOrchestrator(Config{})
 	h.submit(request("job-death"))
-	waitUntil(t, "the dying worker did the pull", 10*time.Second, func() bool { return did.Load() == 1 })
+	waitUntil(t, "the dying worker did the bundle", 10*time.Second, func() bool { return did.Load() == 1 })
 	h.startWorker(contracts.ServiceTransfer, h.handle) // the replacement replica
 	j := h.wait("job-death", 30*time.Second)
 	if j.State != contracts.JobSucceeded {
 		t.Fatal(describe(j))
 	}
-	if s := stepState(j, "pull"); s.Attempt != 1 || h.count("job-death", "pull") != 1 {
-		t.Fatalf("pull attempt %d, replacement ran it %d times", s.Attempt, h.count("job-death", "pull"))
+	if s := stepState(j, "bundle"); s.Attempt != 1 || h.count("job-death", "bundle") != 1 {
+		t.Fatalf("bundle attempt %d, replacement ran it %d times", s.Attempt, h.count("job-death", "bundle"))
 	}
 	completions := 0
 	for _, ev := range h.allJobEvents(j) {
-		if ev.Kind == contracts.EventStepSucceeded && ev.Step == "pull" {
+		if ev.Kind == contracts.EventStepSucceeded && ev.Step == "bundle" {
 			completions++
 		}
 	}
 	if completions != 1 {
-		t.Fatalf("pull completed %d times", completions)
+		t.Fatalf("bundle completed %d times", completions)
 	}
 }
 

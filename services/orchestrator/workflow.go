@@ -67,7 +67,6 @@ func (w Workflow) def(name string) (StepDef, bool) {
 var (
 	policyConnect = Policy{Attempts: 3, Backoff: 2 * time.Second, MaxBackoff: 30 * time.Second, Timeout: 2 * time.Minute}
 	policyBytes   = Policy{Attempts: 5, Backoff: 5 * time.Second, MaxBackoff: time.Minute, Timeout: 6 * time.Hour}
-	policyLocal   = Policy{Attempts: 2, Backoff: 5 * time.Second, MaxBackoff: 30 * time.Second, Timeout: 2 * time.Hour}
 	policyDump    = Policy{Attempts: 3, Backoff: 10 * time.Second, MaxBackoff: 2 * time.Minute, Timeout: 6 * time.Hour}
 	policyPrune   = Policy{Attempts: 3, Backoff: 2 * time.Second, MaxBackoff: 30 * time.Second, Timeout: 5 * time.Minute}
 	policyClosing = Policy{Attempts: 5, Backoff: time.Second, MaxBackoff: 30 * time.Second, Timeout: 5 * time.Minute}
@@ -116,21 +115,25 @@ func DefaultWorkflows() Workflows {
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
 					return contracts.CopyRemoteArgs{Host: r.Update.From, Sources: r.Update.Files, DestDir: "ferry/updates/" + j.ID}, nil
 				}},
-			{Name: "pull", Service: contracts.ServiceTransfer, Op: contracts.OpPull, Policy: policyBytes,
-				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
-					// An update comes as it is: its links inside the tree as links.
-					return contracts.PullArgs{Host: r.Update.From, Paths: []string{"ferry/updates/" + j.ID}, Links: true, Into: stagingFiles}, nil
-				}},
-			{Name: "archive", Service: contracts.ServiceArchiver, Op: contracts.OpArchive, Policy: policyLocal,
+			// Steps 3 and 4 of the source, pull and archive, in one pass: the files
+			// stream from the operator's PC into the archive (see the log backup's
+			// bundle), and are staged as well only when the customer gets the tree.
+			{Name: "bundle", Service: contracts.ServiceTransfer, Op: contracts.OpBundle, Policy: policyBytes,
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
 					c := compression(r.Update.Compression)
-					return contracts.ArchiveArgs{From: stagingFiles, Name: "update-" + j.ID + ".tar." + ext(c), Compression: c}, nil
+					args := contracts.BundleArgs{Host: r.Update.From, Paths: []string{"ferry/updates/" + j.ID},
+						Links: true, // an update comes as it is: its links inside the tree as links
+						Name:  "update-" + j.ID + ".tar." + ext(c), Compression: c}
+					if r.Update.Unpack {
+						args.Stage = stagingFiles
+					}
+					return args, nil
 				}},
 			connect("connect-customer", func(r *contracts.JobRequest) string { return r.Update.To }),
 			{Name: "push", Service: contracts.ServiceTransfer, Op: contracts.OpPush, Policy: policyBytes,
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
 					var art contracts.ArtifactResult
-					if err := output(j, "archive", &art); err != nil {
+					if err := output(j, "bundle", &art); err != nil {
 						return nil, err
 					}
 					return contracts.PushArgs{Host: r.Update.To, Artifact: art.Name, DestDir: r.Update.Dest, Unpack: r.Update.Unpack, Tree: stagingFiles}, nil

@@ -28,6 +28,11 @@ func TestBackupWorkflowSteps(t *testing.T) {
 		contracts.ActionDBBackup: {"connector.connect:connect-customer", "connector.tunnel:tunnel", "archiver.dump:dump",
 			"connector.connect:connect-operator", "transfer.deliver:deliver", "cleanup.prune:prune",
 			"cleanup.remove-staging:remove-staging!", "connector.close:close!"},
+		// The update's files stream from the operator's PC into the bundle (the
+		// source's pull and archive in one pass).
+		contracts.ActionUpdate: {"connector.connect:connect-operator", "transfer.copy-remote:copy-to-home", "transfer.bundle:bundle",
+			"connector.connect:connect-customer", "transfer.push:push",
+			"cleanup.remove-staging:remove-staging!", "connector.close:close!"},
 		// The logs stream from the customer into the bundle: no pull, no archive step.
 		contracts.ActionLogBackup: {"connector.connect:connect-customer", "transfer.bundle:bundle",
 			"connector.connect:connect-operator", "transfer.deliver:deliver", "cleanup.prune:prune",
@@ -86,6 +91,32 @@ func TestDBBackupArgs(t *testing.T) {
 	prune := args[contracts.PruneArgs](t, contracts.ActionDBBackup, "prune", req, job)
 	if want := (contracts.PruneArgs{Host: "op-pc", Dir: "ferry/backups/cust-1", Prefix: "erp-", Suffix: ".dump", Keep: 3}); prune != want {
 		t.Errorf("prune args %+v, want %+v", prune, want)
+	}
+}
+
+func TestUpdateArgs(t *testing.T) {
+	for _, unpack := range []bool{false, true} {
+		req := &contracts.JobRequest{Action: contracts.ActionUpdate, Update: &contracts.UpdateRequest{
+			From: "op-pc", Files: []string{"updates/app-2.3.1", "notes/*.txt"}, To: "cust-1", Dest: "/opt/app", Unpack: unpack, Compression: "gzip"}}
+		job := &contracts.Job{ID: "j3", Steps: []contracts.Step{
+			doneStep("bundle", contracts.ArtifactResult{Name: "update-j3.tar.gz", Size: 10}),
+		}}
+		cp := args[contracts.CopyRemoteArgs](t, contracts.ActionUpdate, "copy-to-home", req, job)
+		if !reflect.DeepEqual(cp, contracts.CopyRemoteArgs{Host: "op-pc", Sources: req.Update.Files, DestDir: "ferry/updates/j3"}) {
+			t.Errorf("copy args %+v", cp)
+		}
+		// The files are staged only for a customer that gets the tree.
+		want := contracts.BundleArgs{Host: "op-pc", Paths: []string{"ferry/updates/j3"}, Links: true, Name: "update-j3.tar.gz", Compression: "gzip"}
+		if unpack {
+			want.Stage = "files"
+		}
+		if got := args[contracts.BundleArgs](t, contracts.ActionUpdate, "bundle", req, job); !reflect.DeepEqual(got, want) {
+			t.Errorf("unpack %v: bundle args %+v, want %+v", unpack, got, want)
+		}
+		push := args[contracts.PushArgs](t, contracts.ActionUpdate, "push", req, job)
+		if want := (contracts.PushArgs{Host: "cust-1", Artifact: "update-j3.tar.gz", DestDir: "/opt/app", Unpack: unpack, Tree: "files"}); push != want {
+			t.Errorf("push args %+v, want %+v", push, want)
+		}
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -412,5 +414,124 @@ func TestBundleStep(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// An update's bundle (the source's pull and archive in one pass) of a tree with a
+// link inside it and an empty directory: streamed on the first attempt, staged too
+// when the customer gets the tree (Stage), and on a retry pulled into scratch staging,
+// resuming a file cut short by the attempt before. The three give the same archive,
+// byte for byte; what each leaves in staging is what it promises.
+func TestUpdateBundle(t *testing.T) {
+	jobs := []string{"ub-stream", "ub-stage", "ub-retry"}
+	w := newWorld(t, bus.Topology{}, jobs...)
+	nc, _ := w.srv.Connect(t, "transfer")
+	reg := prometheus.NewRegistry()
+	runService(t, w.config(), transfer.Deps{NC: nc, Registerer: reg, Logger: slog.New(slog.DiscardHandler)})
+
+	tree := filepath.Join(w.home, "ferry", "updates", "app")
+	const big = 4 << 20
+	writeRandom(t, filepath.Join(tree, "bin", "app"), big)
+	writeRandom(t, filepath.Join(tree, "lib", "libapp.so.1"), 10<<10)
+	if err := os.Symlink("libapp.so.1", filepath.Join(tree, "lib", "libapp.so")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(tree, "var", "cache"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	w.chown(w.home)
+	const total = big + 10<<10
+	pulled := func() float64 {
+		return workertest.Counter(t, reg, "ferry_transfer_bytes_total", map[string]string{"direction": "pull", "host": "customer"})
+	}
+	bundle := func(job string, attempt int, stage string) (contracts.ArtifactResult, contracts.Manifest, float64) {
+		t.Helper()
+		before := pulled()
+		args := contracts.BundleArgs{Host: "customer", Paths: []string{w.rel(tree)}, Links: true, Stage: stage,
+			Name: "update-" + job + ".tar.zst", Compression: "zstd"}
+		workertest.SendAttempt(t, w.js, contracts.ServiceTransfer, contracts.OpBundle, job, "bundle", attempt, args)
+		res := output[contracts.ArtifactResult](t, workertest.StepEvents(t, w.js, job, 1, 30*time.Second)[0])
+		raw, err := os.ReadFile(filepath.Join(w.staging, job, contracts.ManifestName(args.Name)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m contracts.Manifest
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.Artifact.SHA256 != res.SHA256 || sha(t, filepath.Join(w.staging, job, args.Name)) != res.SHA256 {
+			t.Fatalf("%s: manifest %+v, result %+v", job, m.Artifact, res)
+		}
+		return res, m, pulled() - before
+	}
+	staged := func(job string) []string {
+		var names []string
+		filepath.WalkDir(filepath.Join(w.staging, job), func(p string, d fs.DirEntry, err error) error {
+			if rel, _ := filepath.Rel(filepath.Join(w.staging, job), p); err == nil && rel != "." {
+				names = append(names, filepath.ToSlash(rel))
+			}
+			return nil
+		})
+		return names
+	}
+
+	// Streamed: nothing staged but the archive and its manifest.
+	stream, m, sent := bundle("ub-stream", 1, "")
+	if sent != total || stream.Files != 2 {
+		t.Errorf("streamed bundle read %v bytes, %d files; want %d, 2", sent, stream.Files, total)
+	}
+	if !slices.Contains(m.Links, contracts.ManifestLink{Path: "lib/libapp.so", Target: "libapp.so.1"}) ||
+		!slices.ContainsFunc(m.Dirs, func(d contracts.ManifestDir) bool { return d.Path == "var/cache" }) {
+		t.Errorf("manifest lacks the link or the empty directory: links %+v, dirs %+v", m.Links, m.Dirs)
+	}
+	if got := staged("ub-stream"); !reflect.DeepEqual(got, []string{"update-ub-stream.tar.zst", "update-ub-stream.tar.zst.manifest.json"}) {
+		t.Errorf("streamed bundle left %v in staging", got)
+	}
+
+	// Staged for --unpack: the same archive, and the tree kept, link and empty
+	// directory included.
+	kept, _, _ := bundle("ub-stage", 1, "files")
+	if kept.SHA256 != stream.SHA256 {
+		t.Errorf("the staged bundle's archive differs from the streamed one's")
+	}
+	files := filepath.Join(w.staging, "ub-stage", "files")
+	if sha(t, filepath.Join(files, "bin", "app")) != sha(t, filepath.Join(tree, "bin", "app")) {
+		t.Error("staged bin/app differs")
+	}
+	if target, err := os.Readlink(filepath.Join(files, "lib", "libapp.so")); err != nil || target != "libapp.so.1" {
+		t.Errorf("staged link: %q, %v", target, err)
+	}
+	if fi, err := os.Stat(filepath.Join(files, "var", "cache")); err != nil || !fi.IsDir() {
+		t.Errorf("staged empty directory: %v", err)
+	}
+
+	// A retry: the attempt before was cut with half of bin/app in scratch staging.
+	const name = "update-ub-retry.tar.zst"
+	part := filepath.Join(w.staging, "ub-retry", ".bundle-"+name, "bin", ".app.ferry-part")
+	if err := os.MkdirAll(filepath.Dir(part), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.Open(filepath.Join(tree, "bin", "app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.Create(part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(dst, src, big/2); err != nil {
+		t.Fatal(err)
+	}
+	dst.Close()
+	retry, _, sent := bundle("ub-retry", 2, "")
+	if retry.SHA256 != stream.SHA256 {
+		t.Errorf("the retried bundle's archive differs from the streamed one's")
+	}
+	if sent != total-big/2 {
+		t.Errorf("the retry read %v bytes, want %d: the verified half of bin/app not read again", sent, total-big/2)
+	}
+	if got := staged("ub-retry"); !reflect.DeepEqual(got, []string{name, contracts.ManifestName(name)}) {
+		t.Errorf("the retry left %v in staging, want the archive and its manifest", got)
 	}
 }

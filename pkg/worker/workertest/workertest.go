@@ -18,8 +18,15 @@ import (
 // JSON; nil sends none), attempt 1, a deadline a minute away, and returns the command.
 func Send(t testing.TB, js jetstream.JetStream, service contracts.Service, op contracts.Op, job, step string, args any) contracts.StepCommand {
 	t.Helper()
+	return SendAttempt(t, js, service, op, job, step, 1, args)
+}
+
+// SendAttempt is Send for the given attempt of the step, as the orchestrator's retry
+// would send it.
+func SendAttempt(t testing.TB, js jetstream.JetStream, service contracts.Service, op contracts.Op, job, step string, attempt int, args any) contracts.StepCommand {
+	t.Helper()
 	cmd := contracts.StepCommand{
-		Schema: contracts.SchemaStepCommand, JobID: job, Action: contracts.ActionUpdate, Step: step, Attempt: 1,
+		Schema: contracts.SchemaStepCommand, JobID: job, Action: contracts.ActionUpdate, Step: step, Attempt: attempt,
 		Service: service, Op: op, Deadline: time.Now().Add(time.Minute),
 	}
 	if args != nil {

@@ -17,13 +17,19 @@ import (
 )
 
 // Bundle archives the files Paths select on the host into <staging>/<job>/<Name> with
-// its manifest, streaming them from the host into the archive (remote.Conn.Bundle):
-// the files themselves are never staged. A host that runs no GNU tar over exec (an
-// SFTP-only login) has its files pulled into a scratch directory of the job's staging
-// and archived from there, which the step removes.
+// its manifest: a pull and an archive in one pass. The first attempt streams the files
+// from the host into the archive (remote.Conn.Bundle), never staging them, as `ssh
+// host tar c | zstd` would. The files are pulled into the job's staging and archived
+// from there instead
+//   - when Stage asks to keep them (into that area: an unpacked update pushes the tree),
+//   - on a host that runs no GNU tar over exec (an SFTP-only login),
+//   - on a retry: a stream cut by a lost connection cannot resume, a pull can, so an
+//     interrupted retry goes on from the verified prefix of each file. Such a scratch
+//     pull is removed once archived; after a failure it stays for the next attempt
+//     (the job's closing step removes its staging in any case).
 //
 // A bundle and manifest in place that match (hashed again) are returned untouched, so
-// a redelivered command does no harm; an interrupted bundle is written again whole.
+// a redelivered command does no harm.
 func (t *Transfer) Bundle(ctx context.Context, args contracts.BundleArgs) (contracts.ArtifactResult, error) {
 	job := worker.JobID(ctx)
 	comp, err := checkBundleArgs(args)
@@ -51,16 +57,19 @@ func (t *Transfer) Bundle(ctx context.Context, args contracts.BundleArgs) (contr
 	if err != nil {
 		return contracts.ArtifactResult{}, err
 	}
-	spec := remote.PullSpec{Paths: args.Paths, Since: time.Duration(args.Since), MaxSize: int64(args.MaxSize), AllowEmpty: args.AllowEmpty}
+	spec := remote.PullSpec{Paths: args.Paths, Since: time.Duration(args.Since), MaxSize: int64(args.MaxSize), AllowEmpty: args.AllowEmpty, Links: args.Links}
 	opts := archive.Options{Name: args.Name, Compression: comp, JobID: job, Created: time.Now()}
 	prog := &remote.Progress{}
 	end := t.track(ctx, DirPull, args.Host, args.Name, prog)
 	var res remote.Result
 	var m contracts.Manifest
-	if conn.CanStream(ctx) {
+	switch {
+	case args.Stage != "":
+		m, res, err = t.stagedBundle(ctx, root, jobDir, args.Stage, true, conn, roots, spec, opts, prog)
+	case worker.Attempt(ctx) <= 1 && conn.CanStream(ctx):
 		m, res, err = t.streamBundle(ctx, root, conn, roots, spec, opts, prog)
-	} else {
-		m, res, err = t.stagedBundle(ctx, root, jobDir, conn, roots, spec, opts, prog)
+	default:
+		m, res, err = t.stagedBundle(ctx, root, jobDir, ".bundle-"+args.Name, false, conn, roots, spec, opts, prog)
 	}
 	end(res, res.Sent)
 	if err != nil {
@@ -94,24 +103,28 @@ func (t *Transfer) streamBundle(ctx context.Context, root *os.Root, conn *remote
 	return m, res, err
 }
 
-// stagedBundle pulls the files into a scratch directory of the job's staging, archives
-// it and removes it, whatever happened.
-func (t *Transfer) stagedBundle(ctx context.Context, root *os.Root, jobDir string, conn *remote.Conn, roots *remote.Roots, spec remote.PullSpec, opts archive.Options, prog *remote.Progress) (contracts.Manifest, remote.Result, error) {
-	scratch := ".bundle-" + opts.Name
-	spec.Dir = filepath.Join(jobDir, scratch)
-	defer func() { _ = root.RemoveAll(scratch) }()
+// stagedBundle pulls the files into the area dir of the job's staging (resuming what an
+// earlier attempt left there) and archives them from there. Unless keep, dir is removed
+// once the archive is made.
+func (t *Transfer) stagedBundle(ctx context.Context, root *os.Root, jobDir, dir string, keep bool, conn *remote.Conn, roots *remote.Roots, spec remote.PullSpec, opts archive.Options, prog *remote.Progress) (contracts.Manifest, remote.Result, error) {
+	spec.Dir = filepath.Join(jobDir, dir)
 	res, err := conn.Pull(ctx, roots, spec, prog)
 	if err != nil {
 		return contracts.Manifest{}, res, err
 	}
-	src, err := root.OpenRoot(scratch)
+	src, err := root.OpenRoot(dir)
 	if err != nil {
 		return contracts.Manifest{}, res, fmt.Errorf("staging: %w", err)
 	}
-	defer func() { _ = src.Close() }()
 	m, err := archive.Stage(root, opts.Name, func(w io.Writer) (contracts.Manifest, error) {
 		return archive.Write(ctx, src, w, opts)
 	})
+	_ = src.Close()
+	if err == nil && !keep {
+		if rerr := root.RemoveAll(dir); rerr != nil {
+			logctx.From(ctx).Warn("scratch pull not removed; the job's closing step will", "dir", dir, "err", rerr)
+		}
+	}
 	return m, res, err
 }
 
@@ -121,6 +134,9 @@ func checkBundleArgs(args contracts.BundleArgs) (string, error) {
 	}
 	if err := archive.CheckName(args.Name); err != nil {
 		return "", err
+	}
+	if args.Stage != "" && (!filepath.IsLocal(args.Stage) || args.Stage == args.Name || args.Stage == contracts.ManifestName(args.Name)) {
+		return "", fmt.Errorf("stage %q must be a relative path inside the staging area, not the archive's", args.Stage)
 	}
 	return archive.ParseCompression(args.Compression)
 }
