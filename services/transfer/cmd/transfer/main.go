@@ -4,6 +4,11 @@
 // files), FERRY_TRANSFER_FILES_IN_FLIGHT, FERRY_TRANSFER_REQUESTS_PER_FILE and
 // FERRY_TRANSFER_NO_EXEC (true: never run commands on hosts) and
 // FERRY_TRANSFER_IN_PROGRESS_EVERY (period of in-progress acks, default 10s).
+//
+// Unless GOGC is set, the garbage collector runs at GOGC=50: the service's live heap
+// is a few tens of MiB of recycled buffers (SFTP requests, zstd frames of a bundle),
+// so collecting at half again its size instead of twice it costs little CPU and keeps
+// a bundle of a GiB at about 56 MiB RSS instead of 74 (see the README's benchmarks).
 package main
 
 import (
@@ -12,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +29,9 @@ import (
 )
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx)
 	stop()
@@ -31,6 +40,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// gcPercent is the GOGC the service runs at unless GOGC is set.
+const gcPercent = 50
 
 func run(ctx context.Context) error {
 	env, err := svcenv.Load(os.Getenv)
