@@ -183,23 +183,24 @@ func (c *Conn) Copy(ctx context.Context, roots *Roots, sources []string, destDir
 	type item struct {
 		src, dst string
 		fi       os.FileInfo
+		target   string // a link's, read once while measuring
 	}
 	var items []item
 	for _, s := range srcs {
 		err := c.walk(ctx, s.real, s.info, func(rel string, fi os.FileInfo) error {
-			src := path.Join(s.real, rel)
+			it := item{src: path.Join(s.real, rel), dst: path.Join(dest, s.name, rel), fi: fi}
 			if fi.Mode()&fs.ModeSymlink != 0 {
 				// Copied as a link, so it must lead inside what is copied (the pull
 				// that follows carries it as a link): refused here, before a byte moves.
-				target, err := c.sftp.ReadLink(src)
-				if err != nil {
-					return c.pathErr("readlink", src, err)
+				var err error
+				if it.target, err = c.sftp.ReadLink(it.src); err != nil {
+					return c.pathErr("readlink", it.src, err)
 				}
-				if err := archive.CheckLink(path.Join(s.name, rel), target); err != nil {
-					return linkErr(src, err)
+				if err := archive.CheckLink(path.Join(s.name, rel), it.target); err != nil {
+					return linkErr(it.src, err)
 				}
 			}
-			items = append(items, item{src: src, dst: path.Join(dest, s.name, rel), fi: fi})
+			items = append(items, it)
 			if fi.Mode().IsRegular() {
 				res.Bytes += fi.Size()
 				res.Files++
@@ -252,12 +253,8 @@ func (c *Conn) Copy(ctx context.Context, roots *Roots, sources []string, destDir
 				}
 			}
 		case it.fi.Mode()&fs.ModeSymlink != 0:
-			target, err := c.sftp.ReadLink(it.src)
-			if err != nil {
-				return res, c.pathErr("readlink", it.src, err)
-			}
 			_ = c.sftp.Remove(it.dst)
-			if err := c.sftp.Symlink(target, it.dst); err != nil {
+			if err := c.sftp.Symlink(it.target, it.dst); err != nil {
 				return res, c.writeErr(it.dst, err)
 			}
 		case it.fi.Mode().IsRegular():
