@@ -71,7 +71,8 @@ type pullLink struct {
 
 // Pull copies files from the host into spec.Dir, relative structure preserved, several
 // files at once; many small files come in one tar stream where the host has GNU tar
-// (see pullTar). Each file is written to a temporary name (".<name>.ferry-part") and
+// (see pullTar), a large one from `cat` where the host runs commands and the link is
+// short (see streamFile), over SFTP lanes where it is long (see pullLanes). Each file is written to a temporary name (".<name>.ferry-part") and
 // renamed when complete; a retry skips files already in place (same size and
 // modification time) and resumes a partial file from its verified prefix. Result.Paths
 // are the landed files relative to spec.Dir, slash-separated.
@@ -358,6 +359,10 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 	prog.add(offset)
 	if offset < f.size && c.useLanes(f.size-offset) {
 		if err := c.pullLanes(ctx, f, out, offset, prog, sent); err != nil {
+			return err
+		}
+	} else if offset < f.size && c.useStream(ctx, f.size-offset) {
+		if err := c.streamFile(ctx, f, out, offset, prog, sent); err != nil {
 			return err
 		}
 	} else if offset < f.size {
