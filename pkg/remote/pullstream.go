@@ -30,7 +30,7 @@ var testHookStream func(remotePath string)
 
 // useStream reports whether n bytes of a file are pulled through streamFile.
 func (c *Conn) useStream(ctx context.Context, n int64) bool {
-	return n >= streamMinSize && c.CanExec(ctx)
+	return n >= streamMinSize && c.CanExec(ctx) && c.streamOK
 }
 
 // streamCommand is the host command that writes the file p from offset to its end.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -209,5 +210,54 @@ func TestPullStreamFileChanges(t *testing.T) {
 				t.Errorf("%s staged under its final name after a failed pull", tc.name)
 			}
 		})
+	}
+}
+
+// A host that runs commands but has no tail (here a PATH of only the other tools Conn
+// uses) gets its large files read over SFTP: the probe tells, not a failed stream.
+func TestPullStreamNeedsCatAndTail(t *testing.T) {
+	bin := t.TempDir()
+	for _, tool := range []string{"cp", "head", "sha256sum", "cat", "tar"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(p, filepath.Join(bin, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrapper := filepath.Join(t.TempDir(), "session")
+	if err := os.WriteFile(wrapper, []byte(`#!/bin/sh
+case "$SSH_ORIGINAL_COMMAND" in internal-sftp) exec `+sshtest.SFTPServerPath+`;; esac
+PATH=`+bin+`; export PATH
+exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+`), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{bin, filepath.Dir(bin), filepath.Dir(wrapper)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := newEnv(t, sshtest.Options{Config: []string{"ForceCommand " + wrapper}})
+	src := filepath.Join(e.dir, "big.bin")
+	write(t, src, streamMinSize)
+	e.chown(e.dir)
+	streams := countStreams(t, nil)
+	c := e.open(Options{})
+	ctx := context.Background()
+	if !c.CanExec(ctx) {
+		t.Fatal("the host runs no commands")
+	}
+	roots, _ := c.Roots(nil)
+	into := t.TempDir()
+	if _, err := c.Pull(ctx, roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if streams.Load() != 0 {
+		t.Errorf("%d files streamed from a host without tail", streams.Load())
+	}
+	if got, want := fileSHA(t, filepath.Join(into, "big.bin")), fileSHA(t, src); got != want {
+		t.Fatalf("pulled SHA-256 %s, want %s", got, want)
 	}
 }
