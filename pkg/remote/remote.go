@@ -443,7 +443,10 @@ func connErr(c *sshdial.Client, err error) error {
 	}
 	lost := errors.Is(err, sftp.ErrSSHFxConnectionLost) || errors.Is(err, sftp.ErrSSHFxNoConnection) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed) ||
+		// The session's channel closed without the command's status: the connection
+		// is going down (the watcher may not know yet), or the server dropped it.
+		errors.As(err, new(*ssh.ExitMissingError))
 	if cerr := c.Err(); cerr != nil {
 		return &connectionError{err: cerr}
 	}
