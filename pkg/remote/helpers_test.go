@@ -237,3 +237,58 @@ func appendWhile(t *testing.T, p string) (stop func()) {
 		<-done
 	}
 }
+
+// pullCut pulls the file src (of size bytes) into into over a connection of its own,
+// closed once about half has arrived. The pull must fail with ErrConnection, keep a
+// temporary file to resume and leave nothing under the final name; pullCut returns
+// the temporary file's size and how much had arrived.
+func (e *env) pullCut(opts Options, src, into string, size int64) (part, arrived int64) {
+	t := e.t
+	t.Helper()
+	client := e.dial()
+	c, err := Open(client, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, _ := c.Roots(nil)
+	prog := &Progress{}
+	go func() {
+		for prog.Done.Load() < size/2 {
+			time.Sleep(time.Millisecond)
+		}
+		client.Close()
+	}()
+	_, err = c.Pull(context.Background(), roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, prog)
+	if !errors.Is(err, ErrConnection) {
+		t.Fatalf("cut pull: %v, want ErrConnection", err)
+	}
+	name := filepath.Base(src)
+	fi, err := os.Stat(filepath.Join(into, partName(name)))
+	if err != nil {
+		t.Fatalf("no temporary file to resume: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(into, name)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("final name exists after a cut pull")
+	}
+	return fi.Size(), prog.Done.Load()
+}
+
+// pullResume pulls src into into again after pullCut left part bytes: the retry must
+// send exactly the rest and land the file whole.
+func (e *env) pullResume(opts Options, src, into string, size, part int64) {
+	t := e.t
+	t.Helper()
+	c := e.open(opts)
+	roots, _ := c.Roots(nil)
+	res, err := c.Pull(context.Background(), roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("temporary file had %d, retry sent %d of %d", part, res.Sent, size)
+	if res.Sent != size-part {
+		t.Errorf("retry sent %d of %d bytes, want the %d missing", res.Sent, size, size-part)
+	}
+	if got, want := fileSHA(t, filepath.Join(into, filepath.Base(src))), fileSHA(t, src); got != want {
+		t.Fatalf("pulled SHA-256 %s, want %s", got, want)
+	}
+}

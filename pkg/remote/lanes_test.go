@@ -73,47 +73,11 @@ func TestPullLanesResumeAfterConnectionLoss(t *testing.T) {
 	e.chown(e.dir)
 	into := t.TempDir()
 
-	client := e.dial()
-	c, err := Open(client, opts)
-	if err != nil {
-		t.Fatal(err)
+	part, arrived := e.pullCut(opts, src, into, size)
+	if part%laneChunk != 0 || part > arrived || part == 0 {
+		t.Errorf("temporary file of %d bytes after %d arrived: not cut back to whole pieces", part, arrived)
 	}
-	roots, _ := c.Roots(nil)
-	prog := &Progress{}
-	go func() {
-		for prog.Done.Load() < size/2 {
-			time.Sleep(time.Millisecond)
-		}
-		client.Close()
-	}()
-	_, err = c.Pull(context.Background(), roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, prog)
-	if !errors.Is(err, ErrConnection) {
-		t.Fatalf("cut pull: %v, want ErrConnection", err)
-	}
-	part, err := os.Stat(filepath.Join(into, partName("big.bin")))
-	if err != nil {
-		t.Fatalf("no temporary file to resume: %v", err)
-	}
-	if part.Size()%laneChunk != 0 || part.Size() > prog.Done.Load() || part.Size() == 0 {
-		t.Errorf("temporary file of %d bytes after %d arrived: not cut back to whole pieces", part.Size(), prog.Done.Load())
-	}
-	if _, err := os.Stat(filepath.Join(into, "big.bin")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("final name exists after a cut pull")
-	}
-
-	c2 := e.open(opts)
-	roots2, _ := c2.Roots(nil)
-	res, err := c2.Pull(context.Background(), roots2, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("temporary file had %d, retry sent %d of %d", part.Size(), res.Sent, size)
-	if res.Sent != size-part.Size() {
-		t.Errorf("retry sent %d of %d bytes, want the %d missing", res.Sent, size, size-part.Size())
-	}
-	if got, want := fileSHA(t, filepath.Join(into, "big.bin")), fileSHA(t, src); got != want {
-		t.Fatalf("pulled SHA-256 %s, want %s", got, want)
-	}
+	e.pullResume(opts, src, into, size, part)
 }
 
 // When a piece fails after later ones landed, the temporary file is cut back to the

@@ -102,49 +102,13 @@ func TestPullStreamResumesAfterConnectionLoss(t *testing.T) {
 	streams := countStreams(t, nil)
 	into := t.TempDir()
 
-	client := e.dial()
-	c, err := Open(client, Options{})
-	if err != nil {
-		t.Fatal(err)
+	part, _ := e.pullCut(Options{}, src, into, size)
+	if part == 0 || part >= size {
+		t.Fatalf("temporary file of %d bytes after the cut", part)
 	}
-	roots, _ := c.Roots(nil)
-	prog := &Progress{}
-	go func() {
-		for prog.Done.Load() < size/2 {
-			time.Sleep(time.Millisecond)
-		}
-		client.Close()
-	}()
-	_, err = c.Pull(context.Background(), roots, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, prog)
-	if !errors.Is(err, ErrConnection) {
-		t.Fatalf("cut pull: %v, want ErrConnection", err)
-	}
-	part, err := os.Stat(filepath.Join(into, partName("big.bin")))
-	if err != nil {
-		t.Fatalf("no temporary file to resume: %v", err)
-	}
-	if part.Size() == 0 || part.Size() >= size {
-		t.Fatalf("temporary file of %d bytes after the cut", part.Size())
-	}
-	if _, err := os.Stat(filepath.Join(into, "big.bin")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("final name exists after a cut pull")
-	}
-
-	c2 := e.open(Options{})
-	roots2, _ := c2.Roots(nil)
-	res, err := c2.Pull(context.Background(), roots2, PullSpec{Paths: []string{e.rel(src)}, Dir: into}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("temporary file had %d, retry sent %d of %d", part.Size(), res.Sent, size)
-	if res.Sent != size-part.Size() {
-		t.Errorf("retry sent %d of %d bytes, want the %d missing", res.Sent, size, size-part.Size())
-	}
+	e.pullResume(Options{}, src, into, size, part)
 	if streams.Load() != 2 {
 		t.Errorf("%d streams, want 2 (the cut one and the retry)", streams.Load())
-	}
-	if got, want := fileSHA(t, filepath.Join(into, "big.bin")), fileSHA(t, src); got != want {
-		t.Fatalf("pulled SHA-256 %s, want %s", got, want)
 	}
 }
 
