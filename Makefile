@@ -80,7 +80,7 @@ lint:
 # PostgreSQL server as the postgres user) and ~9 min on 2 cores.
 bench: test-deps
 	cd services/orchestrator && go test -run XXX -bench . ./...
-	cd cmd/ferry && FERRY_TEST_REQUIRE=1 go test -run '^$$' -bench OpenSSH -benchtime 1x -timeout 20m .
+	cd cmd/ferry && FERRY_TEST_REQUIRE=1 go test -run '^$$' -bench OpenSSH -benchtime 1x -timeout 45m .
 
 schemas:
 	cd contracts && go test -run Schemas -update .

@@ -5,7 +5,7 @@ package main
 // ratio and target. They report; they do not assert. `make bench` runs them with
 // -benchtime 1x (each figure is one timed run of each side):
 //
-//	cd cmd/ferry && go test -run '^$' -bench 'OpenSSH' -benchtime 1x -timeout 20m .
+//	cd cmd/ferry && go test -run '^$' -bench 'OpenSSH' -benchtime 1x -timeout 45m .
 //
 // Both sides use aes128-gcm@openssh.com and the same ed25519 key; every wall time
 // includes the side's SSH handshake (OpenSSH tools: a new process and connection;
