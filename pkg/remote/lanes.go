@@ -186,7 +186,7 @@ func (c *Conn) readPieces(ctx context.Context, lane *sftp.Client, f pullFile, ou
 				return c.pathErr("reading", f.remote, serr)
 			}
 			if fi.Size() < at+n {
-				return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, fi.Size(), f.size)
+				return shrank(f, fi.Size())
 			}
 			return c.pathErr("reading", f.remote, io.ErrUnexpectedEOF)
 		}

@@ -72,10 +72,11 @@ type pullLink struct {
 // Pull copies files from the host into spec.Dir, relative structure preserved, several
 // files at once; many small files come in one tar stream where the host has GNU tar
 // (see pullTar), a large one from `cat` where the host runs commands and the link is
-// short (see streamFile), over SFTP lanes where it is long (see pullLanes). Each file is written to a temporary name (".<name>.ferry-part") and
-// renamed when complete; a retry skips files already in place (same size and
-// modification time) and resumes a partial file from its verified prefix. Result.Paths
-// are the landed files relative to spec.Dir, slash-separated.
+// short (see streamFile), over SFTP lanes where it is long (see pullLanes). Each file
+// is written to a temporary name (".<name>.ferry-part") and renamed when complete; a
+// retry skips files already in place (same size and modification time) and resumes a
+// partial file from its verified prefix. Result.Paths are the landed files relative to
+// spec.Dir, slash-separated.
 func (c *Conn) Pull(ctx context.Context, roots *Roots, spec PullSpec, prog *Progress) (Result, error) {
 	var res Result
 	if len(spec.Paths) == 0 {
@@ -357,39 +358,18 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		return fmt.Errorf("staging: %w", err)
 	}
 	prog.add(offset)
-	if offset < f.size && c.useLanes(f.size-offset) {
-		if err := c.pullLanes(ctx, f, out, offset, prog, sent); err != nil {
-			return err
+	if rest := f.size - offset; rest > 0 {
+		var err error
+		switch {
+		case c.useLanes(rest):
+			err = c.pullLanes(ctx, f, out, offset, prog, sent)
+		case c.useStream(ctx, rest):
+			err = c.streamFile(ctx, f, out, offset, prog, sent)
+		default:
+			err = c.readFile(f, out, offset, prog, sent)
 		}
-	} else if offset < f.size && c.useStream(ctx, f.size-offset) {
-		if err := c.streamFile(ctx, f, out, offset, prog, sent); err != nil {
-			return err
-		}
-	} else if offset < f.size {
-		in, err := c.sftp.Open(f.remote)
 		if err != nil {
-			return c.pathErr("open", f.remote, err)
-		}
-		defer in.Close()
-		if _, err := in.Seek(offset, io.SeekStart); err != nil {
-			return c.pathErr("seek", f.remote, err)
-		}
-		wb := staging.NewWriteBehind(out, offset)
-		w := &limitWriter{w: &countingWriter{w: wb, prog: prog, sent: sent}, n: f.size - offset}
-		// The source's WriteTo keeps pkg/sftp's concurrent reads; the limit captures a
-		// growing file up to its listed size.
-		if _, err := in.WriteTo(w); err != nil && !errors.Is(err, errLimit) {
-			var pe *fs.PathError
-			if errors.As(err, &pe) {
-				return fmt.Errorf("staging: %w", err)
-			}
-			return c.pathErr("reading", f.remote, err)
-		}
-		if w.n > 0 {
-			return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, f.size-w.n, f.size)
-		}
-		if err := wb.Done(); err != nil {
-			return fmt.Errorf("staging: %w", err)
+			return err
 		}
 	}
 	if err := out.Close(); err != nil {
@@ -405,6 +385,41 @@ func (c *Conn) pullOne(ctx context.Context, root *os.Root, f pullFile, prog *Pro
 		return fmt.Errorf("staging: %w", err)
 	}
 	return nil
+}
+
+// readFile writes f from offset up to its listed size into out, read over the Conn's
+// SFTP session. A file growing meanwhile is captured up to its listed size.
+func (c *Conn) readFile(f pullFile, out *os.File, offset int64, prog *Progress, sent *atomic.Int64) error {
+	in, err := c.sftp.Open(f.remote)
+	if err != nil {
+		return c.pathErr("open", f.remote, err)
+	}
+	defer in.Close()
+	if _, err := in.Seek(offset, io.SeekStart); err != nil {
+		return c.pathErr("seek", f.remote, err)
+	}
+	wb := staging.NewWriteBehind(out, offset)
+	w := &limitWriter{w: &countingWriter{w: wb, prog: prog, sent: sent}, n: f.size - offset}
+	// The source's WriteTo keeps pkg/sftp's concurrent reads.
+	if _, err := in.WriteTo(w); err != nil && !errors.Is(err, errLimit) {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("staging: %w", err)
+		}
+		return c.pathErr("reading", f.remote, err)
+	}
+	if w.n > 0 {
+		return shrank(f, f.size-w.n)
+	}
+	if err := wb.Done(); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	return nil
+}
+
+// shrank is the error for f found at size bytes, fewer than listed, while pulled.
+func shrank(f pullFile, size int64) error {
+	return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, size, f.size)
 }
 
 // inPlace reports whether f was pulled by an earlier attempt: its place below root

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -77,7 +78,7 @@ func (c *Conn) streamFile(ctx context.Context, f pullFile, out *os.File, offset 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	var pe *os.PathError
+	var pe *fs.PathError
 	switch {
 	case errors.As(cerr, &pe):
 		return fmt.Errorf("staging: %w", cerr)
@@ -88,7 +89,7 @@ func (c *Conn) streamFile(ctx context.Context, f pullFile, out *os.File, offset 
 			return c.streamErr(f.remote, err, stderr.String())
 		}
 		if w.n > 0 {
-			return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, f.size-w.n, f.size)
+			return shrank(f, f.size-w.n)
 		}
 	}
 	// All the listed bytes are in; a file that grew meanwhile is cut off here (the

@@ -162,7 +162,7 @@ func (c *Conn) pullTar(ctx context.Context, root *os.Root, files []pullFile, pro
 		}
 		delete(want, hdr.Name)
 		if hdr.Size < f.size {
-			return fmt.Errorf("%s shrank to %d bytes while being pulled (listed %d)", f.remote, hdr.Size, f.size)
+			return shrank(f, hdr.Size)
 		}
 		data := make([]byte, f.size)
 		if _, err := io.ReadFull(tr, data); err != nil {
