@@ -128,3 +128,28 @@ func FuzzDecodeJobRequest(f *testing.F) {
 		}
 	})
 }
+
+// The cleanup removes only names IsTempName accepts: the job's own temporary names.
+func TestIsTempName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want bool
+	}{
+		{TempName("update-j1.tar.zst", "j1"), true},
+		{TempName(ManifestName("update-j1.tar.zst"), "j1"), true},
+		{IncomingName("j1"), true},
+		{TempName("update-j1.tar.zst", "j2"), false}, // another job's
+		{IncomingName("j2"), false},
+		{TempName("", "j1"), false},
+		{"app.conf", false},
+		{".app.conf", false},
+		{"../" + TempName("x", "j1"), false},
+		{"sub/" + TempName("x", "j1"), false},
+		{`..\` + TempName("x", "j1"), false},
+		{IncomingName("j1") + "/x", false},
+	} {
+		if got := IsTempName(tc.name, "j1"); got != tc.want {
+			t.Errorf("IsTempName(%q, j1) = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package contracts
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 )
 
@@ -188,6 +189,29 @@ type BundleArgs struct {
 	Stage       string `json:"stage,omitempty"`
 	Name        string `json:"name"`
 	Compression string `json:"compression"`
+	// Forward, when set, sends the archive on to the customer while it is made: it
+	// lands there under the push's temporary name, verified, and the push step only
+	// renames it (see Forwarded). Best effort: a forward that fails leaves the push
+	// to do it all.
+	Forward *ForwardTarget `json:"forward,omitempty"`
+}
+
+// ForwardTarget is where a bundle forwards its archive: Host's DestDir, as the push
+// step that follows will have it.
+type ForwardTarget struct {
+	Host    string `json:"host"`
+	DestDir string `json:"dest_dir"`
+}
+
+// Forwarded is an archive a bundle forwarded: complete on Host in Dir (resolved) under
+// the push's temporary name, its Size and SHA-256 checked by the host as it landed,
+// flushed, last modified at MTime (Unix seconds).
+type Forwarded struct {
+	Host   string `json:"host"`
+	Dir    string `json:"dir"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+	MTime  int64  `json:"mtime"`
 }
 
 // ArchiveArgs archives the staging area From of the job into Name with a manifest.
@@ -204,6 +228,8 @@ type ArtifactResult struct {
 	Size     int64  `json:"size"`
 	SHA256   string `json:"sha256"`
 	Files    int    `json:"files,omitempty"`
+	// Forwarded is set when a bundle forwarded the archive (BundleArgs.Forward).
+	Forwarded *Forwarded `json:"forwarded,omitempty"`
 }
 
 // BytesMoved reports the artifact's size as the bytes the step wrote.
@@ -228,6 +254,9 @@ type PushArgs struct {
 	DestDir  string `json:"dest_dir"`
 	Unpack   bool   `json:"unpack,omitempty"`
 	Tree     string `json:"tree,omitempty"`
+	// Forwarded is the bundle's forward of the artifact, if it made one: found
+	// unchanged on the host, it is renamed into place without being sent again.
+	Forwarded *Forwarded `json:"forwarded,omitempty"`
 }
 
 // DeliverArgs sends a staged artifact to the operator's computer under DestDir/Name.
@@ -248,7 +277,39 @@ type DeliveryResult struct {
 func (d DeliveryResult) BytesMoved() int64 { return d.Bytes }
 
 // RemoveStagingArgs removes the job's staging area.
-type RemoveStagingArgs struct{}
+type RemoveStagingArgs struct {
+	// Leftovers are temporary files of the job's own that it may have left on hosts
+	// when it did not finish: the push's (or the bundle's forward's) ".part" files, an
+	// unpacked tree's incoming directory.
+	// They are removed too, best effort: a host that cannot be reached is logged.
+	Leftovers []Leftover `json:"leftovers,omitempty"`
+}
+
+// Leftover names temporary files of the job in Dir on Host; each name must be one of
+// the job's temporary names (IsTempName).
+type Leftover struct {
+	Host  string   `json:"host"`
+	Dir   string   `json:"dir"`
+	Names []string `json:"names"`
+}
+
+// TempName is the temporary name under which job writes the file name on a host
+// before it is verified and renamed into place: ".<name>.ferry-<job>.part".
+func TempName(name, job string) string { return "." + name + ".ferry-" + job + ".part" }
+
+// IncomingName is the directory in which job lands an unpacked tree on a host before
+// it is switched into place.
+func IncomingName(job string) string { return ".ferry-incoming-" + job }
+
+// IsTempName reports whether p is a temporary name of job: a TempName or its
+// IncomingName, a plain file name.
+func IsTempName(p, job string) bool {
+	if strings.ContainsAny(p, "/\\\x00") {
+		return false
+	}
+	return p == IncomingName(job) ||
+		len(p) > len(TempName("", job)) && strings.HasPrefix(p, ".") && strings.HasSuffix(p, ".ferry-"+job+".part")
+}
 
 // BackupTimeFormat is the UTC time in the names of delivered backups
 // (<db>-<time>.dump, <time>.tar.zst): the job's creation time.

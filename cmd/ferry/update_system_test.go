@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -17,7 +18,9 @@ import (
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/archive"
+	"github.com/ferrydesk/ferry/pkg/bus"
 	"github.com/ferrydesk/ferry/pkg/sshtest"
+	"github.com/ferrydesk/ferry/pkg/worker"
 )
 
 // ferry update through the CLI, with every service real, between two real sshd hosts:
@@ -107,6 +110,20 @@ func TestSystemUpdate(t *testing.T) {
 		}
 		sameTree(t, filepath.Join(out, "app-2.3.1"), want)
 		landed(t, filepath.Join(out, "app-2.3.1"))
+		// The archive went on to the customer while it was made: the bundle says
+		// so, and the push only renamed it (no temporary file left).
+		var art contracts.ArtifactResult
+		for _, st := range s.wait("up-archive").Steps {
+			if st.Name == "bundle" {
+				json.Unmarshal(st.Output, &art)
+			}
+		}
+		if fw := art.Forwarded; fw == nil || fw.Host != "customer" || fw.Dir != filepath.Join(dest, "archive") || fw.SHA256 != m.Artifact.SHA256 {
+			t.Errorf("bundle's forward: %+v, want the archive (%s) forwarded to customer:%s", fw, m.Artifact.SHA256, filepath.Join(dest, "archive"))
+		}
+		if left, _ := filepath.Glob(filepath.Join(dest, "archive", ".*")); len(left) != 0 {
+			t.Errorf("left behind: %v", left)
+		}
 		s.nothingLeft("up-archive")
 	})
 
@@ -230,5 +247,94 @@ func sameTree(t *testing.T, dir string, want map[string][]byte) {
 	})
 	if err != nil || n != len(want) {
 		t.Fatalf("tree %s: %d files, want %d (%v)", dir, n, len(want), err)
+	}
+}
+
+// An update whose push fails or is cancelled after the bundle forwarded the archive
+// (or after a push left its incoming tree) leaves nothing on the customer: the closing
+// step removes the job's temporary files there over a real SSH session, and only
+// those. (Transfer is played: it leaves what a landed forward or a cut push leaves.)
+func TestSystemUpdateLeavesNoTemporaryFiles(t *testing.T) {
+	s := startSystem(t, true)
+	home, uid, gid := testHome(t)
+	dest := filepath.Join(home, "dest-leftovers")
+	t.Cleanup(func() { os.RemoveAll(dest) })
+	mkfile := func(p string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("bytes"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The customer's own dotfile and another job's temporary file are never touched.
+	keep := []string{filepath.Join(dest, ".app.conf"), filepath.Join(dest, contracts.TempName("update-other.tar.zst", "other"))}
+	for _, p := range keep {
+		mkfile(p)
+	}
+	chownTree(t, dest, uid, gid)
+	defer s.on("bundle", nil)
+	defer s.on("push", nil)
+
+	for _, tc := range []struct {
+		name           string
+		unpack, cancel bool
+	}{{"push failed", false, false}, {"unpack cancelled", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "up-left-" + map[bool]string{false: "failed", true: "cancelled"}[tc.cancel]
+			art := "update-" + id + ".tar.zst"
+			left := []string{filepath.Join(dest, contracts.TempName(art, id)), filepath.Join(dest, contracts.TempName(contracts.ManifestName(art), id))}
+			if tc.unpack {
+				left = []string{filepath.Join(dest, contracts.IncomingName(id), "app", "app.jar")}
+			}
+			s.on("bundle", func(context.Context, contracts.StepCommand) (worker.Result, error) {
+				for _, p := range left {
+					mkfile(p)
+				}
+				chownTree(t, dest, uid, gid)
+				return worker.Result{Output: contracts.ArtifactResult{Name: art, Size: 5, SHA256: "00"}}, nil
+			})
+			started := make(chan struct{})
+			s.on("push", func(ctx context.Context, _ contracts.StepCommand) (worker.Result, error) {
+				if tc.cancel {
+					close(started)
+					<-ctx.Done()
+					return worker.Result{}, ctx.Err()
+				}
+				return worker.Result{}, worker.Permanent(contracts.CodeRemoteWrite, errors.New("remote write failed (disk full?)"))
+			})
+			req := contracts.JobRequest{Schema: contracts.SchemaJobRequest, ID: id, Action: contracts.ActionUpdate,
+				Update: &contracts.UpdateRequest{From: "operator-pc", Files: []string{"app"}, To: "customer", Dest: dest, Unpack: tc.unpack}}
+			if err := bus.Publish(context.Background(), s.js, contracts.SubjectJobSubmit, req, id, id); err != nil {
+				t.Fatal(err)
+			}
+			want := contracts.JobFailed
+			if tc.cancel {
+				want = contracts.JobCancelled
+				<-started
+				if err := bus.Publish(context.Background(), s.js, contracts.CancelRequestSubject(id),
+					contracts.CancelRequest{Schema: contracts.SchemaCancel, JobID: id}, id+"/cancel", id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if j := s.wait(id); j.State != want {
+				t.Fatalf("job %s: %+v, want %s", j.State, j.Failure, want)
+			}
+			for _, p := range left {
+				if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s left on the customer (%v)", p, err)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(dest, contracts.IncomingName(id))); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("incoming directory left on the customer (%v)", err)
+			}
+			for _, p := range keep {
+				if _, err := os.Stat(p); err != nil {
+					t.Errorf("%s, not the job's, is gone: %v", p, err)
+				}
+			}
+			s.nothingLeft(id)
+		})
 	}
 }

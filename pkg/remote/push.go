@@ -38,10 +38,14 @@ type Upload struct {
 	Mode   fs.FileMode // permission bits to set, 0 to leave the default
 	// Tag makes the temporary name unique to its writer: ".<Name>.ferry-<Tag>.part".
 	Tag string
+	// Landed, when set, is what a forward (see StartForward) left under the temporary
+	// name: if it matches Size and SHA256 and the host's file still has its size and
+	// modification time, Put renames it into place without sending or hashing it again.
+	Landed *Landed
 }
 
 // TempName is the temporary name of u in u.Dir.
-func (u Upload) TempName() string { return "." + u.Name + ".ferry-" + u.Tag + ".part" }
+func (u Upload) TempName() string { return contracts.TempName(u.Name, u.Tag) }
 
 // Put lands u on the host: it is written to its temporary name, its size and SHA-256
 // are checked against u (the local file while it is read, the remote file after it was
@@ -84,6 +88,17 @@ func (c *Conn) Put(ctx context.Context, u Upload, prog *Progress, sent *atomic.I
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		if e := connErr(c.ssh, err); e != nil {
 			return fmt.Errorf("stat %s: %w", final, e)
+		}
+	}
+
+	if l := u.Landed; l != nil && l.Size == u.Size && l.SHA256 == u.SHA256 {
+		fi, err := c.sftp.Stat(part)
+		if err == nil && fi.Mode().IsRegular() && fi.Size() == l.Size && fi.ModTime().Unix() == l.MTime {
+			prog.add(u.Size)
+			return c.place(part, final, u)
+		}
+		if e := connErr(c.ssh, err); e != nil {
+			return fmt.Errorf("stat %s: %w", part, e)
 		}
 	}
 
@@ -163,6 +178,11 @@ func (c *Conn) Put(ctx context.Context, u Upload, prog *Progress, sent *atomic.I
 		}
 		return err
 	}
+	return c.place(part, final, u)
+}
+
+// place gives the verified temporary file part u's mode and renames it to final.
+func (c *Conn) place(part, final string, u Upload) error {
 	if u.Mode != 0 {
 		if err := c.sftp.Chmod(part, u.Mode.Perm()); err != nil {
 			return c.failWrite(part, err)
@@ -424,7 +444,7 @@ func (c *Conn) PutTree(ctx context.Context, localDir, dir, tag string, m contrac
 		}
 	}
 	prog.setTotal(total)
-	incoming := path.Join(dir, ".ferry-incoming-"+tag)
+	incoming := path.Join(dir, contracts.IncomingName(tag))
 
 	if _, err := c.sftp.Stat(incoming); errors.Is(err, fs.ErrNotExist) {
 		// A redelivered command whose first delivery finished: verify what is in place.

@@ -68,6 +68,22 @@ func TestWiring(t *testing.T) {
 		t.Errorf("remove-staging succeeded = %v, want 2", got)
 	}
 
+	// A leftover that is not one of the job's temporary names is refused, for good,
+	// before anything is removed: the step never deletes a host's own files.
+	forged := filepath.Join(stagingDir, "job-forged")
+	if err := os.MkdirAll(forged, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	workertest.Send(t, js, contracts.ServiceCleanup, contracts.OpRemoveStaging, "job-forged", "remove-staging",
+		contracts.RemoveStagingArgs{Leftovers: []contracts.Leftover{{Host: "customer", Dir: "/etc", Names: []string{"passwd"}}}})
+	if evs := workertest.StepEvents(t, js, "job-forged", 1, 20*time.Second); len(evs) != 1 || evs[0].Kind != contracts.StepFailed ||
+		evs[0].Error == nil || evs[0].Error.Code != contracts.CodeInvalidCommand || evs[0].Error.Retryable || !strings.Contains(evs[0].Error.Message, `"passwd"`) {
+		t.Errorf("remove-staging with a forged leftover: %+v", evs)
+	}
+	if _, err := os.Stat(forged); err != nil {
+		t.Errorf("staging removed though the command was refused: %v", err)
+	}
+
 	// prune with keep 0 keeps everything and touches no host; with keep set it dials
 	// the host under the job's lease: an unknown host fails for good.
 	const job = "job-wiring"

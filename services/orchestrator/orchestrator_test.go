@@ -287,7 +287,7 @@ func TestUpdateJobRunsEveryStepInOrder(t *testing.T) {
 	if j.State != contracts.JobSucceeded {
 		t.Fatalf("job %s: %+v", describe(j), j.Failure)
 	}
-	want := "connect-operator copy-to-home bundle connect-customer push remove-staging close"
+	want := "connect-operator copy-to-home connect-customer bundle push remove-staging close"
 	if got := strings.Join(order, " "); got != want {
 		t.Fatalf("steps ran as %q, want %q", got, want)
 	}
@@ -422,7 +422,7 @@ func TestFailingStepFailsJobAfterRetriesAndClosingStepsRun(t *testing.T) {
 	if n := h.count("job-fail", "bundle"); n != 3 {
 		t.Errorf("bundle ran %d times, want 3 (the policy)", n)
 	}
-	for _, name := range []string{"connect-customer", "push"} {
+	for _, name := range []string{"push"} {
 		if s := stepState(j, name); s.State != contracts.StepSkipped || h.count("job-fail", name) != 0 {
 			t.Errorf("step %s: %s, ran %d times", name, s.State, h.count("job-fail", name))
 		}
@@ -519,7 +519,7 @@ func TestCancelDuringStepRunsClosingSteps(t *testing.T) {
 	if s := stepState(j, "bundle"); s.State != contracts.StepCancelled {
 		t.Errorf("bundle: %s", s.State)
 	}
-	for _, name := range []string{"connect-customer", "push"} {
+	for _, name := range []string{"push"} {
 		if h.count("job-cancel", name) != 0 {
 			t.Errorf("%s ran after cancel", name)
 		}

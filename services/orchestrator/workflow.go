@@ -91,12 +91,7 @@ func stamp(j *contracts.Job) string    { return j.Created.UTC().Format(contracts
 // lists of the source document (see DESIGN.md, "The three actions"). The closing steps
 // (Always) run after success, failure and cancellation alike.
 func DefaultWorkflows() Workflows {
-	closing := []StepDef{
-		{Name: "remove-staging", Service: contracts.ServiceCleanup, Op: contracts.OpRemoveStaging, Always: true, Policy: policyClosing,
-			Args: func(*contracts.JobRequest, *contracts.Job) (any, error) { return contracts.RemoveStagingArgs{}, nil }},
-		{Name: "close", Service: contracts.ServiceConnector, Op: contracts.OpClose, Always: true, Policy: policyClosing,
-			Args: func(*contracts.JobRequest, *contracts.Job) (any, error) { return contracts.CloseArgs{}, nil }},
-	}
+	closing := closingSteps(nil)
 	// prune keeps the newest backups ferry delivered; with keep 0 it succeeds at once.
 	prune := func(args func(*contracts.JobRequest) contracts.PruneArgs) StepDef {
 		return StepDef{Name: "prune", Service: contracts.ServiceCleanup, Op: contracts.OpPrune, Policy: policyPrune,
@@ -115,9 +110,14 @@ func DefaultWorkflows() Workflows {
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
 					return contracts.CopyRemoteArgs{Host: r.Update.From, Sources: r.Update.Files, DestDir: "ferry/updates/" + j.ID}, nil
 				}},
+			// The customer is connected before the bundle (the source connects after
+			// step 4), so that the archive can travel on to it while it is made.
+			connect("connect-customer", func(r *contracts.JobRequest) string { return r.Update.To }),
 			// Steps 3 and 4 of the source, pull and archive, in one pass: the files
 			// stream from the operator's PC into the archive (see the log backup's
 			// bundle), and are staged as well only when the customer gets the tree.
+			// An archive for the customer is forwarded as it is written: it lands
+			// there under the push's temporary name, checked, and the push renames it.
 			{Name: "bundle", Service: contracts.ServiceTransfer, Op: contracts.OpBundle, Policy: policyBytes,
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
 					c := compression(r.Update.Compression)
@@ -126,19 +126,21 @@ func DefaultWorkflows() Workflows {
 						Name:  "update-" + j.ID + ".tar." + ext(c), Compression: c}
 					if r.Update.Unpack {
 						args.Stage = stagingFiles
+					} else {
+						args.Forward = &contracts.ForwardTarget{Host: r.Update.To, DestDir: r.Update.Dest}
 					}
 					return args, nil
 				}},
-			connect("connect-customer", func(r *contracts.JobRequest) string { return r.Update.To }),
 			{Name: "push", Service: contracts.ServiceTransfer, Op: contracts.OpPush, Policy: policyBytes,
 				Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
 					var art contracts.ArtifactResult
 					if err := output(j, "bundle", &art); err != nil {
 						return nil, err
 					}
-					return contracts.PushArgs{Host: r.Update.To, Artifact: art.Name, DestDir: r.Update.Dest, Unpack: r.Update.Unpack, Tree: stagingFiles}, nil
+					return contracts.PushArgs{Host: r.Update.To, Artifact: art.Name, DestDir: r.Update.Dest, Unpack: r.Update.Unpack, Tree: stagingFiles,
+						Forwarded: art.Forwarded}, nil
 				}},
-		}, closing...)},
+		}, closingSteps(updateLeftovers)...)},
 		contracts.ActionDBBackup: {Steps: append([]StepDef{
 			connect("connect-customer", func(r *contracts.JobRequest) string { return r.DBBackup.From }),
 			{Name: "tunnel", Service: contracts.ServiceConnector, Op: contracts.OpTunnel, Policy: policyConnect,
@@ -206,6 +208,50 @@ func DefaultWorkflows() Workflows {
 			}),
 		}, closing...)},
 	}
+}
+
+// closingSteps are the steps every job ends with, success, failure or cancel alike:
+// its staging removed (with the leftovers on hosts that leftovers names, if set),
+// its sessions closed.
+func closingSteps(leftovers func(*contracts.JobRequest, *contracts.Job) []contracts.Leftover) []StepDef {
+	return []StepDef{
+		{Name: "remove-staging", Service: contracts.ServiceCleanup, Op: contracts.OpRemoveStaging, Always: true, Policy: policyClosing,
+			Args: func(r *contracts.JobRequest, j *contracts.Job) (any, error) {
+				var args contracts.RemoveStagingArgs
+				if leftovers != nil {
+					args.Leftovers = leftovers(r, j)
+				}
+				return args, nil
+			}},
+		{Name: "close", Service: contracts.ServiceConnector, Op: contracts.OpClose, Always: true, Policy: policyClosing,
+			Args: func(*contracts.JobRequest, *contracts.Job) (any, error) { return contracts.CloseArgs{}, nil }},
+	}
+}
+
+// updateLeftovers: an update whose push did not finish may have left temporary files
+// in the customer's destination: the archive's and manifest's (a forward that
+// landed, a push cut for good), or an unpacked tree's incoming directory. Without a
+// session to the customer there can be none.
+func updateLeftovers(r *contracts.JobRequest, j *contracts.Job) []contracts.Leftover {
+	if r.Update == nil || !stepDone(j, "connect-customer") || stepDone(j, "push") {
+		return nil
+	}
+	art := "update-" + j.ID + ".tar." + ext(compression(r.Update.Compression))
+	names := []string{contracts.TempName(art, j.ID), contracts.TempName(contracts.ManifestName(art), j.ID)}
+	if r.Update.Unpack {
+		names = []string{contracts.IncomingName(j.ID)}
+	}
+	return []contracts.Leftover{{Host: r.Update.To, Dir: r.Update.Dest, Names: names}}
+}
+
+// stepDone reports whether step of j succeeded.
+func stepDone(j *contracts.Job, step string) bool {
+	for _, s := range j.Steps {
+		if s.Name == step {
+			return s.State == contracts.StepDone
+		}
+	}
+	return false
 }
 
 // output decodes the output of an earlier step of j.

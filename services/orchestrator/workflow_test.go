@@ -30,8 +30,8 @@ func TestBackupWorkflowSteps(t *testing.T) {
 			"cleanup.remove-staging:remove-staging!", "connector.close:close!"},
 		// The update's files stream from the operator's PC into the bundle (the
 		// source's pull and archive in one pass).
-		contracts.ActionUpdate: {"connector.connect:connect-operator", "transfer.copy-remote:copy-to-home", "transfer.bundle:bundle",
-			"connector.connect:connect-customer", "transfer.push:push",
+		contracts.ActionUpdate: {"connector.connect:connect-operator", "transfer.copy-remote:copy-to-home",
+			"connector.connect:connect-customer", "transfer.bundle:bundle", "transfer.push:push",
 			"cleanup.remove-staging:remove-staging!", "connector.close:close!"},
 		// The logs stream from the customer into the bundle: no pull, no archive step.
 		contracts.ActionLogBackup: {"connector.connect:connect-customer", "transfer.bundle:bundle",
@@ -99,23 +99,29 @@ func TestUpdateArgs(t *testing.T) {
 		req := &contracts.JobRequest{Action: contracts.ActionUpdate, Update: &contracts.UpdateRequest{
 			From: "op-pc", Files: []string{"updates/app-2.3.1", "notes/*.txt"}, To: "cust-1", Dest: "/opt/app", Unpack: unpack, Compression: "gzip"}}
 		job := &contracts.Job{ID: "j3", Steps: []contracts.Step{
-			doneStep("bundle", contracts.ArtifactResult{Name: "update-j3.tar.gz", Size: 10}),
+			doneStep("bundle", contracts.ArtifactResult{Name: "update-j3.tar.gz", Size: 10,
+				Forwarded: &contracts.Forwarded{Host: "cust-1", Dir: "/opt/app", Size: 10, SHA256: "ab", MTime: 1}}),
 		}}
 		cp := args[contracts.CopyRemoteArgs](t, contracts.ActionUpdate, "copy-to-home", req, job)
 		if !reflect.DeepEqual(cp, contracts.CopyRemoteArgs{Host: "op-pc", Sources: req.Update.Files, DestDir: "ferry/updates/j3"}) {
 			t.Errorf("copy args %+v", cp)
 		}
-		// The files are staged only for a customer that gets the tree.
+		// The files are staged only for a customer that gets the tree; an archive for
+		// the customer is forwarded to it while it is made.
 		want := contracts.BundleArgs{Host: "op-pc", Paths: []string{"ferry/updates/j3"}, Links: true, Name: "update-j3.tar.gz", Compression: "gzip"}
 		if unpack {
 			want.Stage = "files"
+		} else {
+			want.Forward = &contracts.ForwardTarget{Host: "cust-1", DestDir: "/opt/app"}
 		}
 		if got := args[contracts.BundleArgs](t, contracts.ActionUpdate, "bundle", req, job); !reflect.DeepEqual(got, want) {
 			t.Errorf("unpack %v: bundle args %+v, want %+v", unpack, got, want)
 		}
 		push := args[contracts.PushArgs](t, contracts.ActionUpdate, "push", req, job)
-		if want := (contracts.PushArgs{Host: "cust-1", Artifact: "update-j3.tar.gz", DestDir: "/opt/app", Unpack: unpack, Tree: "files"}); push != want {
-			t.Errorf("push args %+v, want %+v", push, want)
+		want2 := contracts.PushArgs{Host: "cust-1", Artifact: "update-j3.tar.gz", DestDir: "/opt/app", Unpack: unpack, Tree: "files",
+			Forwarded: &contracts.Forwarded{Host: "cust-1", Dir: "/opt/app", Size: 10, SHA256: "ab", MTime: 1}}
+		if !reflect.DeepEqual(push, want2) {
+			t.Errorf("push args %+v, want %+v", push, want2)
 		}
 	}
 }
@@ -141,5 +147,43 @@ func TestLogBackupArgs(t *testing.T) {
 	prune := args[contracts.PruneArgs](t, contracts.ActionLogBackup, "prune", req, job)
 	if want := (contracts.PruneArgs{Host: "op-pc", Dir: "ferry/logs/cust-1", Suffix: ".tar.zst"}); prune != want {
 		t.Errorf("prune args %+v, want %+v", prune, want)
+	}
+}
+
+// An update whose push did not finish has its temporary files on the customer removed
+// by the closing step: the archive's and manifest's, or the unpacked tree's incoming
+// directory. A finished push, or no session to the customer, leaves nothing to remove.
+func TestUpdateLeftovers(t *testing.T) {
+	connected := doneStep("connect-customer", contracts.ConnectResult{})
+	failed := contracts.Step{Name: "push", State: contracts.StepFailedS}
+	for _, tc := range []struct {
+		name   string
+		unpack bool
+		steps  []contracts.Step
+		want   []contracts.Leftover
+	}{
+		{"push failed", false, []contracts.Step{connected, failed}, []contracts.Leftover{{Host: "cust-1", Dir: "/opt/app",
+			Names: []string{".update-j4.tar.zst.ferry-j4.part", ".update-j4.tar.zst.manifest.json.ferry-j4.part"}}}},
+		{"unpack cancelled", true, []contracts.Step{connected, {Name: "push", State: contracts.StepCancelled}},
+			[]contracts.Leftover{{Host: "cust-1", Dir: "/opt/app", Names: []string{".ferry-incoming-j4"}}}},
+		{"push done", false, []contracts.Step{connected, doneStep("push", contracts.DeliveryResult{})}, nil},
+		{"never connected", false, []contracts.Step{{Name: "connect-customer", State: contracts.StepFailedS}, {Name: "push", State: contracts.StepSkipped}}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := &contracts.JobRequest{Action: contracts.ActionUpdate, Update: &contracts.UpdateRequest{
+				From: "op-pc", Files: []string{"app"}, To: "cust-1", Dest: "/opt/app", Unpack: tc.unpack}}
+			job := &contracts.Job{ID: "j4", Steps: tc.steps}
+			got := args[contracts.RemoveStagingArgs](t, contracts.ActionUpdate, "remove-staging", req, job)
+			if !reflect.DeepEqual(got.Leftovers, tc.want) {
+				t.Errorf("leftovers %+v, want %+v", got.Leftovers, tc.want)
+			}
+			for _, l := range got.Leftovers {
+				for _, n := range l.Names {
+					if !contracts.IsTempName(n, job.ID) {
+						t.Errorf("%q is not a temporary name of the job: cleanup would refuse it", n)
+					}
+				}
+			}
+		})
 	}
 }

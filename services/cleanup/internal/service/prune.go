@@ -31,6 +31,8 @@ type Remote interface {
 	ReadDir(dir string) ([]fs.FileInfo, error)
 	Open(name string) (io.ReadCloser, error)
 	Remove(name string) error
+	// RemoveAll removes name and everything below it; a missing name is no error.
+	RemoveAll(name string) error
 	// Classify turns an error of the methods above into a step error.
 	Classify(err error) error
 }
@@ -241,7 +243,14 @@ func (s *sftpRemote) Resolve(dir string) (string, error) {
 
 func (s *sftpRemote) ReadDir(dir string) ([]fs.FileInfo, error) { return s.conn.SFTP().ReadDir(dir) }
 func (s *sftpRemote) Remove(name string) error                  { return s.conn.SFTP().Remove(name) }
-func (s *sftpRemote) Open(name string) (io.ReadCloser, error)   { return s.conn.SFTP().Open(name) }
+func (s *sftpRemote) RemoveAll(name string) error {
+	err := s.conn.SFTP().RemoveAll(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+func (s *sftpRemote) Open(name string) (io.ReadCloser, error) { return s.conn.SFTP().Open(name) }
 
 func (s *sftpRemote) Classify(err error) error {
 	var se *contracts.StepError

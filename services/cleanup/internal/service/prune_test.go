@@ -50,6 +50,10 @@ func (l *localRemote) Remove(name string) error {
 	l.removed = append(l.removed, filepath.Base(name))
 	return os.Remove(name)
 }
+func (l *localRemote) RemoveAll(name string) error {
+	l.removed = append(l.removed, name)
+	return os.RemoveAll(name)
+}
 func (l *localRemote) Classify(err error) error { return err }
 
 // deliver writes a backup and its manifest as ferry delivers them.

@@ -7,9 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/logctx"
+	"github.com/ferrydesk/ferry/pkg/remote"
 	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/ferrydesk/ferry/pkg/worker"
 )
@@ -46,11 +48,21 @@ type cleanup struct {
 // RemoveStaging removes the staging directory of the job the step belongs to (the
 // job id comes from the command, through worker.JobID). A job without a staging
 // directory is already clean: that is success, so a redelivered command does no harm.
-func (c *cleanup) RemoveStaging(ctx context.Context, _ contracts.RemoveStagingArgs) (struct{}, error) {
+// The job's temporary files that args.Leftovers names on hosts go too, best effort
+// (see removeLeftovers); a name that is not one of the job's is refused.
+func (c *cleanup) RemoveStaging(ctx context.Context, args contracts.RemoveStagingArgs) (struct{}, error) {
 	job := worker.JobID(ctx)
 	if !contracts.ValidID(job) {
 		return struct{}{}, worker.Permanent(contracts.CodeInvalidCommand,
 			fmt.Errorf("cleanup remove-staging: %q is not a job id", job))
+	}
+	for _, l := range args.Leftovers {
+		for _, n := range l.Names {
+			if !contracts.IsTempName(n, job) {
+				return struct{}{}, worker.Permanent(contracts.CodeInvalidCommand,
+					fmt.Errorf("cleanup remove-staging: %q is not a temporary name of job %s", n, job))
+			}
+		}
 	}
 	if err := c.staging.Remove(ctx, job); err != nil {
 		if errors.Is(err, staging.ErrInvalidJob) {
@@ -59,5 +71,40 @@ func (c *cleanup) RemoveStaging(ctx context.Context, _ contracts.RemoveStagingAr
 		return struct{}{}, err // retryable: the orchestrator's policy bounds it
 	}
 	logctx.From(ctx).Debug("staging removed")
+	for _, l := range args.Leftovers {
+		c.removeLeftovers(ctx, job, l)
+	}
 	return struct{}{}, nil
+}
+
+// removeLeftovers removes the job's temporary files l names on a host, best effort:
+// the job is ending, so what cannot be removed (the host unreachable) is logged with
+// its path for a person, not retried.
+func (c *cleanup) removeLeftovers(ctx context.Context, job string, l contracts.Leftover) {
+	log := logctx.From(ctx).With("host", l.Host)
+	if c.connector == nil {
+		log.Warn("temporary files on the host not removed: no connections here", "dir", l.Dir, "names", l.Names)
+		return
+	}
+	r, err := c.connector.Connect(ctx, job, l.Host)
+	if err != nil {
+		log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
+		return
+	}
+	dir, err := r.Resolve(l.Dir)
+	if errors.Is(err, remote.ErrNotFound) {
+		return // nothing was written there
+	}
+	if err != nil {
+		log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
+		return
+	}
+	for _, n := range l.Names {
+		p := path.Join(dir, n)
+		if err := r.RemoveAll(p); err != nil {
+			log.Warn("temporary file on the host not removed", "path", p, "err", err)
+			continue
+		}
+		log.Debug("temporary file on the host removed (if it was there)", "path", p)
+	}
 }

@@ -59,19 +59,24 @@ func (t *Transfer) Bundle(ctx context.Context, args contracts.BundleArgs) (contr
 	}
 	spec := remote.PullSpec{Paths: args.Paths, Since: time.Duration(args.Since), MaxSize: int64(args.MaxSize), AllowEmpty: args.AllowEmpty, Links: args.Links}
 	opts := archive.Options{Name: args.Name, Compression: comp, JobID: job, Created: time.Now()}
+	var fw *forwarding
+	if args.Forward != nil && args.Stage == "" { // an unpacked update pushes the tree instead
+		fw = t.startForward(ctx, args.Forward, args.Name)
+	}
 	prog := &remote.Progress{}
 	end := t.track(ctx, DirPull, args.Host, args.Name, prog)
 	var res remote.Result
 	var m contracts.Manifest
 	switch {
 	case args.Stage != "":
-		m, res, err = t.stagedBundle(ctx, root, jobDir, args.Stage, true, conn, roots, spec, opts, prog)
+		m, res, err = t.stagedBundle(ctx, root, jobDir, args.Stage, true, conn, roots, spec, opts, prog, nil)
 	case worker.Attempt(ctx) <= 1 && conn.CanStream(ctx):
-		m, res, err = t.streamBundle(ctx, root, conn, roots, spec, opts, prog)
+		m, res, err = t.streamBundle(ctx, root, conn, roots, spec, opts, prog, fw)
 	default:
-		m, res, err = t.stagedBundle(ctx, root, jobDir, ".bundle-"+args.Name, false, conn, roots, spec, opts, prog)
+		m, res, err = t.stagedBundle(ctx, root, jobDir, ".bundle-"+args.Name, false, conn, roots, spec, opts, prog, fw)
 	}
 	end(res, res.Sent)
+	forwarded := t.finishForward(ctx, fw, m, err == nil)
 	if err != nil {
 		if errors.Is(err, archive.ErrUnsupported) {
 			return contracts.ArtifactResult{}, worker.Permanent(contracts.CodeInvalidCommand, fmt.Errorf("bundle: %w", err))
@@ -79,18 +84,21 @@ func (t *Transfer) Bundle(ctx context.Context, args contracts.BundleArgs) (contr
 		return contracts.ArtifactResult{}, t.classify(client, err)
 	}
 	log.Info("bundle written", "name", args.Name, "files", len(m.Files), "bytes", res.Bytes, "size", m.Artifact.Size, "sha256", m.Artifact.SHA256)
-	return archive.Result(m), nil
+	r := archive.Result(m)
+	r.Forwarded = forwarded
+	return r, nil
 }
 
-// streamBundle lists the files and streams them from the host into the archive.
-func (t *Transfer) streamBundle(ctx context.Context, root *os.Root, conn *remote.Conn, roots *remote.Roots, spec remote.PullSpec, opts archive.Options, prog *remote.Progress) (contracts.Manifest, remote.Result, error) {
+// streamBundle lists the files and streams them from the host into the archive (and
+// on to fw, if set).
+func (t *Transfer) streamBundle(ctx context.Context, root *os.Root, conn *remote.Conn, roots *remote.Roots, spec remote.PullSpec, opts archive.Options, prog *remote.Progress, fw *forwarding) (contracts.Manifest, remote.Result, error) {
 	var res remote.Result
 	l, err := conn.List(ctx, roots, spec)
 	if err != nil {
 		return contracts.Manifest{}, res, err
 	}
 	m, err := archive.Stage(root, opts.Name, func(w io.Writer) (contracts.Manifest, error) {
-		aw, err := archive.NewWriter(w, l.Bytes, opts)
+		aw, err := archive.NewWriter(fw.tee(w), l.Bytes, opts)
 		if err != nil {
 			return contracts.Manifest{}, err
 		}
@@ -105,8 +113,8 @@ func (t *Transfer) streamBundle(ctx context.Context, root *os.Root, conn *remote
 
 // stagedBundle pulls the files into the area dir of the job's staging (resuming what an
 // earlier attempt left there) and archives them from there. Unless keep, dir is removed
-// once the archive is made.
-func (t *Transfer) stagedBundle(ctx context.Context, root *os.Root, jobDir, dir string, keep bool, conn *remote.Conn, roots *remote.Roots, spec remote.PullSpec, opts archive.Options, prog *remote.Progress) (contracts.Manifest, remote.Result, error) {
+// once the archive is made. The archive goes on to fw too, if set.
+func (t *Transfer) stagedBundle(ctx context.Context, root *os.Root, jobDir, dir string, keep bool, conn *remote.Conn, roots *remote.Roots, spec remote.PullSpec, opts archive.Options, prog *remote.Progress, fw *forwarding) (contracts.Manifest, remote.Result, error) {
 	spec.Dir = filepath.Join(jobDir, dir)
 	res, err := conn.Pull(ctx, roots, spec, prog)
 	if err != nil {
@@ -117,7 +125,7 @@ func (t *Transfer) stagedBundle(ctx context.Context, root *os.Root, jobDir, dir 
 		return contracts.Manifest{}, res, fmt.Errorf("staging: %w", err)
 	}
 	m, err := archive.Stage(root, opts.Name, func(w io.Writer) (contracts.Manifest, error) {
-		return archive.Write(ctx, src, w, opts)
+		return archive.Write(ctx, src, fw.tee(w), opts)
 	})
 	_ = src.Close()
 	if err == nil && !keep {

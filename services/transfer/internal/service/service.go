@@ -260,12 +260,13 @@ func (t *Transfer) staged(ctx context.Context, artifact string) (jobDir string, 
 
 // deliverArtifact lands the artifact and its manifest in dir as name and
 // name.manifest.json.
-func (t *Transfer) deliverArtifact(ctx context.Context, conn *remote.Conn, jobDir, dir, name string, m contracts.Manifest, raw []byte, prog *remote.Progress, sent *atomic.Int64) ([]string, error) {
+// landed, if set, is the artifact already there under its temporary name (a forward).
+func (t *Transfer) deliverArtifact(ctx context.Context, conn *remote.Conn, jobDir, dir, name string, m contracts.Manifest, raw []byte, landed *remote.Landed, prog *remote.Progress, sent *atomic.Int64) ([]string, error) {
 	job := worker.JobID(ctx)
 	sum := sha256.Sum256(raw)
 	prog.Total.Store(m.Artifact.Size + int64(len(raw)))
 	uploads := []remote.Upload{
-		{Local: filepath.Join(jobDir, m.Artifact.Name), Dir: dir, Name: name, Size: m.Artifact.Size, SHA256: m.Artifact.SHA256, Tag: job},
+		{Local: filepath.Join(jobDir, m.Artifact.Name), Dir: dir, Name: name, Size: m.Artifact.Size, SHA256: m.Artifact.SHA256, Tag: job, Landed: landed},
 		{Local: filepath.Join(jobDir, contracts.ManifestName(m.Artifact.Name)), Dir: dir, Name: contracts.ManifestName(name), Size: int64(len(raw)), SHA256: hex.EncodeToString(sum[:]), Tag: job},
 	}
 	var paths []string
@@ -325,7 +326,11 @@ func (t *Transfer) Push(ctx context.Context, args contracts.PushArgs) (contracts
 		}
 		end(remote.Result{Files: files}, sent.Load())
 	} else {
-		res.Paths, err = t.deliverArtifact(ctx, conn, jobDir, dir, args.Artifact, m, raw, prog, &sent)
+		var landed *remote.Landed
+		if f := args.Forwarded; f != nil && f.Host == args.Host && f.Dir == dir {
+			landed = &remote.Landed{Size: f.Size, SHA256: f.SHA256, MTime: f.MTime}
+		}
+		res.Paths, err = t.deliverArtifact(ctx, conn, jobDir, dir, args.Artifact, m, raw, landed, prog, &sent)
 		res.Bytes = m.Artifact.Size
 		end(remote.Result{Files: len(res.Paths)}, sent.Load())
 	}
@@ -368,7 +373,7 @@ func (t *Transfer) Deliver(ctx context.Context, args contracts.DeliverArgs) (con
 	prog := &remote.Progress{}
 	var sent atomic.Int64
 	end := t.track(ctx, DirDeliver, args.Host, name, prog)
-	paths, err := t.deliverArtifact(ctx, conn, jobDir, dir, name, m, raw, prog, &sent)
+	paths, err := t.deliverArtifact(ctx, conn, jobDir, dir, name, m, raw, nil, prog, &sent)
 	end(remote.Result{Files: len(paths)}, sent.Load())
 	if err != nil {
 		return contracts.DeliveryResult{}, t.classify(client, err)
