@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/logctx"
@@ -71,11 +72,19 @@ func (c *cleanup) RemoveStaging(ctx context.Context, args contracts.RemoveStagin
 		return struct{}{}, err // retryable: the orchestrator's policy bounds it
 	}
 	logctx.From(ctx).Debug("staging removed")
-	for _, l := range args.Leftovers {
-		c.removeLeftovers(ctx, job, l)
+	if len(args.Leftovers) > 0 {
+		// A customer out of reach must not hold the job's end for the whole step timeout.
+		lctx, cancel := context.WithTimeout(ctx, leftoversTimeout)
+		defer cancel()
+		for _, l := range args.Leftovers {
+			c.removeLeftovers(lctx, job, l)
+		}
 	}
 	return struct{}{}, nil
 }
+
+// leftoversTimeout bounds the removal of a job's leftovers on hosts.
+const leftoversTimeout = 30 * time.Second
 
 // removeLeftovers removes the job's temporary files l names on a host, best effort:
 // the job is ending, so what cannot be removed (the host unreachable) is logged with
