@@ -182,11 +182,13 @@ func waitStep(t testing.TB, id, svc, name string) string {
 	return ""
 }
 
-// The customer's network is cut during a push and restored 20 s later: the push
-// resumes and the job succeeds; the final name never holds a partial file.
+// The customer's network is cut while the archive travels to it (the bundle step
+// forwards it as it is made) and restored 20 s later: the forward rides the outage
+// out or the push resumes what it left, and the job succeeds; the final name never
+// holds a partial file.
 func TestChaosNetworkCut(t *testing.T) {
 	a := actions[0]
-	id, reconnect := cutDuringPush(t, "chaos-netcut")
+	id, reconnect := cutWhileForwarding(t, "chaos-netcut")
 	stop := watchFinal(t, "customer", "/opt/app/releases/update-"+id+".tar.zst")
 	time.Sleep(20 * time.Second)
 	reconnect()
@@ -197,21 +199,22 @@ func TestChaosNetworkCut(t *testing.T) {
 	if j.State != contracts.JobSucceeded {
 		t.Fatalf("after a 20 s network cut: %s: %+v", j.State, j.Failure)
 	}
-	// The cut hit the push: it took the outage at least (whether its SSH connection
-	// rode the outage out, as TCP does for 20 s, or a retry resumed it).
-	push := stepNamed(j, "push")
-	if took := push.Ended.Sub(push.Started); took < 15*time.Second {
-		t.Errorf("push took %s: the 20 s cut did not hit it", took)
+	// The cut hit the bytes on their way: the bundle, which waits for a stalled
+	// forward until its connection is known dead, took the outage at least.
+	bundle, push := stepNamed(j, "bundle"), stepNamed(j, "push")
+	if took := bundle.Ended.Sub(bundle.Started); took < 15*time.Second {
+		t.Errorf("bundle took %s: the 20 s cut did not hit the forward", took)
 	} else {
-		t.Logf("push took %s in %d attempt(s)", took.Round(time.Second), push.Attempt)
+		t.Logf("bundle took %s, push %s in %d attempt(s)", took.Round(time.Second), push.Ended.Sub(push.Started).Round(time.Second), push.Attempt)
 	}
 	checkDelivery(t, a, j)
 	st.nothingLeft(t)
 }
 
-// cutDuringPush submits an update of the chaos data, waits until its push runs and
-// disconnects the customer from its network; reconnect undoes it.
-func cutDuringPush(t testing.TB, prefix string) (id string, reconnect func()) {
+// cutWhileForwarding submits an update of the chaos data, waits until its archive
+// is arriving on the customer (the bundle's forward: the push's temporary file
+// grows there) and disconnects the customer from its network; reconnect undoes it.
+func cutWhileForwarding(t testing.TB, prefix string) (id string, reconnect func()) {
 	t.Helper()
 	if err := chaosData(); err != nil {
 		t.Fatal(err)
@@ -220,20 +223,20 @@ func cutDuringPush(t testing.TB, prefix string) (id string, reconnect func()) {
 	if _, err := st.cli(context.Background(), "helpdesk", actions[0].submit(id)...); err != nil {
 		t.Fatal(err)
 	}
+	part := "/opt/app/releases/" + contracts.TempName("update-"+id+".tar.zst", id)
 	for {
-		j := st.job(t, id)
-		if s := stepNamed(j, "push"); s.State == contracts.StepRunning {
+		if out, err := st.execErr("customer", "stat", "-c", "%s", part); err == nil && strings.TrimSpace(out) != "0" {
 			break
 		}
-		if j.State.Final() {
-			t.Fatalf("job ended (%s) before its push", j.State)
+		if j := st.job(t, id); j.State.Final() || stepNamed(j, "push").State != contracts.StepPending {
+			t.Fatalf("job %s (push %s) before its archive arrived on the customer", j.State, stepNamed(j, "push").State)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	network := project + "_customer-site"
 	customer := st.container(t, "customer")
 	docker(t, "network", "disconnect", network, customer)
-	t.Log("customer disconnected during the push")
+	t.Log("customer disconnected while the archive arrived")
 	return id, func() { docker(t, "network", "connect", "--alias", "customer", network, customer) }
 }
 
@@ -318,15 +321,24 @@ func TestChaosStackRestart(t *testing.T) {
 	st.nothingLeft(t)
 }
 
-// The customer's network is cut during a push for longer than the push's retry
-// policy: the job fails with an error that says the host is unreachable, the final
-// name never appears, and the job's temporary file is gone from the customer once the
-// job ended.
+// The customer's network is cut while the archive arrives and stays cut until the
+// push has spent its retries: the job fails at the push with an error that says the
+// host is unreachable and the final name never appears. The customer is back while
+// the job closes: its temporary file is removed then, and nothing of the job is left.
 func TestChaosLongOutage(t *testing.T) {
 	a := actions[0]
-	id, reconnect := cutDuringPush(t, "chaos-outage")
-	j := st.waitJob(t, id, 15*time.Minute)
+	id, reconnect := cutWhileForwarding(t, "chaos-outage")
+	for deadline := time.Now().Add(15 * time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		j := st.job(t, id)
+		if stepNamed(j, "push").State == contracts.StepFailedS || j.State.Final() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the push did not fail within 15 minutes: %s", j.State)
+		}
+	}
 	reconnect()
+	j := st.waitJob(t, id, 5*time.Minute)
 	if j.State != contracts.JobFailed || j.Failure == nil || j.Failure.Step != "push" {
 		t.Fatalf("after an outage longer than the retries: %s: %+v, want failed at push", j.State, j.Failure)
 	}

@@ -83,22 +83,41 @@ func (c *cleanup) RemoveStaging(ctx context.Context, args contracts.RemoveStagin
 	return struct{}{}, nil
 }
 
-// leftoversTimeout bounds the removal of a job's leftovers on hosts.
-const leftoversTimeout = 30 * time.Second
+// leftoversTimeout bounds the removal of a job's leftovers on hosts; a host out of
+// reach is tried every leftoversRetry meanwhile.
+const (
+	leftoversTimeout = 30 * time.Second
+	leftoversRetry   = 2 * time.Second
+)
 
 // removeLeftovers removes the job's temporary files l names on a host, best effort:
 // the job is ending, so what cannot be removed (the host unreachable) is logged with
-// its path for a person, not retried.
+// its path for a person once the time allowed is spent.
 func (c *cleanup) removeLeftovers(ctx context.Context, job string, l contracts.Leftover) {
 	log := logctx.From(ctx).With("host", l.Host)
 	if c.connector == nil {
 		log.Warn("temporary files on the host not removed: no connections here", "dir", l.Dir, "names", l.Names)
 		return
 	}
-	r, err := c.connector.Connect(ctx, job, l.Host)
-	if err != nil {
-		log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
-		return
+	// A host that went away (the reason the job failed, often) is tried again until
+	// the budget of ctx is spent: it may be back a moment later.
+	var r Remote
+	var err error
+	for {
+		if r, err = c.connector.Connect(ctx, job, l.Host); err == nil {
+			break
+		}
+		var se *contracts.StepError
+		if errors.As(err, &se) && !se.Retryable || ctx.Err() != nil {
+			log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
+			return
+		case <-time.After(leftoversRetry):
+		}
 	}
 	dir, err := r.Resolve(l.Dir)
 	if errors.Is(err, remote.ErrNotFound) {
