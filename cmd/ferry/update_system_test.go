@@ -31,7 +31,9 @@ func TestSystemUpdate(t *testing.T) {
 	home, uid, gid := testHome(t)
 	src := filepath.Join(home, "updates-"+t.Name())
 	dest := filepath.Join(home, "dest-"+t.Name())
-	t.Cleanup(func() { os.RemoveAll(src); os.RemoveAll(dest); os.RemoveAll(filepath.Join(home, "ferry")) })
+	clean := func() { os.RemoveAll(src); os.RemoveAll(dest); os.RemoveAll(filepath.Join(home, "ferry")) }
+	clean() // what a run killed mid-way left in the shared home
+	t.Cleanup(clean)
 	want := map[string][]byte{"app.jar": random(t, 3<<20), "conf/app.yaml": []byte("level: info\n"), "README": []byte("2.3.1\n")}
 	for name, data := range want {
 		p := filepath.Join(src, "app-2.3.1", name)
@@ -258,6 +260,7 @@ func TestSystemUpdateLeavesNoTemporaryFiles(t *testing.T) {
 	s := startSystem(t, true)
 	home, uid, gid := testHome(t)
 	dest := filepath.Join(home, "dest-leftovers")
+	os.RemoveAll(dest)
 	t.Cleanup(func() { os.RemoveAll(dest) })
 	mkfile := func(p string) {
 		t.Helper()
