@@ -231,3 +231,58 @@ func TestForwardNeedsExec(t *testing.T) {
 		t.Fatalf("destination holds %d entries, want none", len(entries))
 	}
 }
+
+// The spool hands the reader exactly what the writer wrote, across its wrap-around,
+// whatever the sizes on either side; a reader that goes away unblocks a writer
+// waiting on a full spool, and the writer's end is the reader's EOF.
+func TestSpool(t *testing.T) {
+	s := newSpool(1000) // small: every write wraps
+	want := make([]byte, 1<<20)
+	for i := range want {
+		want[i] = byte(i*7 + i>>10)
+	}
+	go func() {
+		for p, n := want, 1; len(p) > 0; n = n*5%1999 + 1 {
+			k := min(n, len(p))
+			if w, err := s.Write(p[:k]); err != nil || w != k {
+				t.Errorf("write %d: %d, %v", k, w, err)
+				return
+			}
+			p = p[k:]
+		}
+		s.closeWrite()
+	}()
+	var got []byte
+	buf := make([]byte, 1777)
+	for n := 1; ; n = n*3%1777 + 1 {
+		k, err := s.Read(buf[:n])
+		got = append(got, buf[:k]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != len(want) || string(got) != string(want) {
+		t.Fatalf("read %d bytes, want the %d written, the same", len(got), len(want))
+	}
+
+	s = newSpool(10)
+	done := make(chan error, 1)
+	go func() { _, err := s.Write(make([]byte, 25)); done <- err }()
+	time.Sleep(20 * time.Millisecond) // the writer waits on the full spool
+	gone := errors.New("reader gone")
+	s.closeRead(gone)
+	select {
+	case err := <-done:
+		if !errors.Is(err, gone) {
+			t.Fatalf("blocked write after the reader went: %v, want its error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a writer on a full spool stayed blocked after the reader went")
+	}
+	if _, err := s.Read(make([]byte, 1)); !errors.Is(err, gone) {
+		t.Fatalf("read after closeRead: %v", err)
+	}
+}
