@@ -49,7 +49,6 @@ type Forward struct {
 	fol   *follower
 	done  chan error // the sender's result
 	sent  atomic.Int64
-	prog  *Progress
 	pos   int64 // bytes acknowledged, set by the sender before done
 	ended bool
 }
@@ -57,7 +56,7 @@ type Forward struct {
 // StartForward opens u's temporary file in u.Dir (truncated: a forward starts from the
 // beginning) and starts sending what Write is given; u.Size and u.SHA256 are not known
 // yet (see Finish). The host must run commands (ErrNoForward).
-func (c *Conn) StartForward(ctx context.Context, u Upload, prog *Progress) (*Forward, error) {
+func (c *Conn) StartForward(ctx context.Context, u Upload) (*Forward, error) {
 	if u.Tag == "" || strings.ContainsAny(u.Name+u.Tag, "/\x00") || u.Name == "." || u.Name == ".." {
 		return nil, fmt.Errorf("%w: forward %q (tag %q)", ErrInvalidPath, u.Name, u.Tag)
 	}
@@ -75,7 +74,7 @@ func (c *Conn) StartForward(ctx context.Context, u Upload, prog *Progress) (*For
 		_ = c.sftp.Remove(part)
 		return nil, ErrNoForward
 	}
-	f := &Forward{c: c, part: part, spool: newSpool(forwardBuffer), fol: fol, done: make(chan error, 1), prog: prog}
+	f := &Forward{c: c, part: part, spool: newSpool(forwardBuffer), fol: fol, done: make(chan error, 1)}
 	go f.send(out)
 	return f, nil
 }
@@ -98,7 +97,7 @@ func (f *Forward) send(out *sftp.File) {
 	}()
 	for {
 		var m int64
-		m, err = out.ReadFrom(&sizedReader{r: io.LimitReader(f.spool, followSegment), size: followSegment, prog: f.prog, sent: &f.sent})
+		m, err = out.ReadFrom(&sizedReader{r: io.LimitReader(f.spool, followSegment), size: followSegment, sent: &f.sent})
 		f.pos += m
 		if err != nil {
 			_ = out.Close()

@@ -67,7 +67,7 @@ func TestForwardLandsForPut(t *testing.T) {
 			c := e.open(Options{})
 			final, part := filepath.Join(dest, u.Name), filepath.Join(dest, u.TempName())
 			stop := watch(final, u.Size)
-			f, err := c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag}, nil)
+			f, err := c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -108,7 +108,7 @@ func TestForwardLandsForPut(t *testing.T) {
 			// Forward again, then change the landed file (same size, a later time):
 			// Put must not trust it.
 			os.Remove(final)
-			f, err = c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag}, nil)
+			f, err = c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -144,7 +144,7 @@ func TestForwardMismatchAndAbort(t *testing.T) {
 	c := e.open(Options{})
 	part := filepath.Join(dest, u.TempName())
 
-	f, err := c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag}, nil)
+	f, err := c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestForwardMismatchAndAbort(t *testing.T) {
 		t.Fatalf("temporary file left after a mismatch: %v", err)
 	}
 
-	f, err = c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag}, nil)
+	f, err = c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestForwardCutResumesInPut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag}, nil)
+	f, err := c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestForwardCutResumesInPut(t *testing.T) {
 func TestForwardNeedsExec(t *testing.T) {
 	e, _, dest, u := forwardEnv(t, sshtest.Options{Config: []string{"ForceCommand internal-sftp"}})
 	c := e.open(Options{})
-	if _, err := c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag}, nil); !errors.Is(err, ErrNoForward) {
+	if _, err := c.StartForward(context.Background(), Upload{Dir: dest, Name: u.Name, Tag: u.Tag}); !errors.Is(err, ErrNoForward) {
 		t.Fatalf("forward to an SFTP-only login: %v, want ErrNoForward", err)
 	}
 	if entries, _ := os.ReadDir(dest); len(entries) != 0 {

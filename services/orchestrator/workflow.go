@@ -123,7 +123,7 @@ func DefaultWorkflows() Workflows {
 					c := compression(r.Update.Compression)
 					args := contracts.BundleArgs{Host: r.Update.From, Paths: []string{"ferry/updates/" + j.ID},
 						Links: true, // an update comes as it is: its links inside the tree as links
-						Name:  "update-" + j.ID + ".tar." + ext(c), Compression: c}
+						Name:  updateArchive(r, j), Compression: c}
 					if r.Update.Unpack {
 						args.Stage = stagingFiles
 					} else {
@@ -236,7 +236,7 @@ func updateLeftovers(r *contracts.JobRequest, j *contracts.Job) []contracts.Left
 	if r.Update == nil || !stepDone(j, "connect-customer") || stepDone(j, "push") {
 		return nil
 	}
-	art := "update-" + j.ID + ".tar." + ext(compression(r.Update.Compression))
+	art := updateArchive(r, j)
 	names := []string{contracts.TempName(art, j.ID), contracts.TempName(contracts.ManifestName(art), j.ID)}
 	if r.Update.Unpack {
 		names = []string{contracts.IncomingName(j.ID)}
@@ -244,14 +244,15 @@ func updateLeftovers(r *contracts.JobRequest, j *contracts.Job) []contracts.Left
 	return []contracts.Leftover{{Host: r.Update.To, Dir: r.Update.Dest, Names: names}}
 }
 
+// updateArchive is the name of an update's archive, in staging and on the customer.
+func updateArchive(r *contracts.JobRequest, j *contracts.Job) string {
+	return "update-" + j.ID + ".tar." + ext(compression(r.Update.Compression))
+}
+
 // stepDone reports whether step of j succeeded.
 func stepDone(j *contracts.Job, step string) bool {
-	for _, s := range j.Steps {
-		if s.Name == step {
-			return s.State == contracts.StepDone
-		}
-	}
-	return false
+	i := stepIndex(j, step)
+	return i >= 0 && j.Steps[i].State == contracts.StepDone
 }
 
 // output decodes the output of an earlier step of j.

@@ -99,32 +99,32 @@ func (c *cleanup) removeLeftovers(ctx context.Context, job string, l contracts.L
 		log.Warn("temporary files on the host not removed: no connections here", "dir", l.Dir, "names", l.Names)
 		return
 	}
+	notRemoved := func(err error) {
+		log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
+	}
 	// A host that went away (the reason the job failed, often) is tried again until
 	// the budget of ctx is spent: it may be back a moment later.
-	var r Remote
-	var err error
-	for {
-		if r, err = c.connector.Connect(ctx, job, l.Host); err == nil {
-			break
-		}
+	r, err := c.connector.Connect(ctx, job, l.Host)
+	for err != nil {
 		var se *contracts.StepError
-		if errors.As(err, &se) && !se.Retryable || ctx.Err() != nil {
-			log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
+		if errors.As(err, &se) && !se.Retryable {
+			notRemoved(err)
 			return
 		}
 		select {
 		case <-ctx.Done():
-			log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
+			notRemoved(err)
 			return
 		case <-time.After(leftoversRetry):
 		}
+		r, err = c.connector.Connect(ctx, job, l.Host)
 	}
 	dir, err := r.Resolve(l.Dir)
 	if errors.Is(err, remote.ErrNotFound) {
 		return // nothing was written there
 	}
 	if err != nil {
-		log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
+		notRemoved(err)
 		return
 	}
 	for _, n := range l.Names {

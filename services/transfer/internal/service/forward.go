@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"time"
@@ -42,7 +41,7 @@ func (t *Transfer) startForward(ctx context.Context, target *contracts.ForwardTa
 	}
 	var fw *remote.Forward
 	if err == nil {
-		fw, err = conn.StartForward(ctx, remote.Upload{Dir: dir, Name: name, Tag: worker.JobID(ctx)}, nil)
+		fw, err = conn.StartForward(ctx, remote.Upload{Dir: dir, Name: name, Tag: worker.JobID(ctx)})
 	}
 	if err != nil {
 		log.Info("archive not forwarded while bundled; the push sends it", "err", err)
@@ -89,7 +88,7 @@ func (t *Transfer) finishForward(ctx context.Context, f *forwarding, m contracts
 	files := 1
 	if err != nil {
 		files = 0
-		if f.err == nil || !errors.Is(err, f.err) {
+		if f.err == nil { // else the tee has said why already
 			f.log.Warn("forwarded archive not complete; the push step will send the rest", "err", err)
 		}
 	}
