@@ -269,9 +269,27 @@ func (s *Server) stop() {
 // newHostKeys is set.
 func (s *Server) Restart(newHostKeys bool) {
 	s.t.Helper()
-	s.kill()
+	s.Down()
 	if newHostKeys {
 		s.generateHostKeys()
+	}
+	s.Up()
+}
+
+// Down stops sshd, including the processes of established connections: the host is
+// out of reach (connections to its port are refused) until Up.
+func (s *Server) Down() { s.kill() }
+
+// Up starts sshd again on its port after Down; a running sshd is left as it is.
+func (s *Server) Up() {
+	s.t.Helper()
+	s.mu.Lock()
+	exited := s.exited
+	s.mu.Unlock()
+	select {
+	case <-exited:
+	default:
+		return // running
 	}
 	var err error
 	for range 20 { // the port may linger briefly
@@ -280,7 +298,7 @@ func (s *Server) Restart(newHostKeys bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	s.t.Fatalf("sshtest: restart: %v", err)
+	s.t.Fatalf("sshtest: start again: %v", err)
 }
 
 // Addr returns "127.0.0.1:<port>".
