@@ -15,16 +15,17 @@ var update = flag.Bool("update", false, "rewrite the generated JSON Schemas in s
 
 // schemas lists every payload that crosses the bus, by its wire file name.
 var schemas = map[string]any{
-	"job-request.json":  &JobRequest{},
-	"job-cancel.json":   &CancelRequest{},
-	"job.json":          &Job{},
-	"job-event.json":    &JobEvent{},
-	"step-command.json": &StepCommand{},
-	"step-event.json":   &StepEvent{},
-	"progress.json":     &Progress{},
-	"host.json":         &Host{},
-	"lease.json":        &Lease{},
-	"manifest.json":     &Manifest{},
+	"job-request.json":      &JobRequest{},
+	"job-cancel.json":       &CancelRequest{},
+	"job.json":              &Job{},
+	"job-event.json":        &JobEvent{},
+	"step-command.json":     &StepCommand{},
+	"step-event.json":       &StepEvent{},
+	"progress.json":         &Progress{},
+	"host.json":             &Host{},
+	"lease.json":            &Lease{},
+	"pending-leftover.json": &PendingLeftover{},
+	"manifest.json":         &Manifest{},
 }
 
 // JSONSchema describes Duration on the wire.

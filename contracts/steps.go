@@ -281,7 +281,8 @@ type RemoveStagingArgs struct {
 	// Leftovers are temporary files of the job's own that it may have left on hosts
 	// when it did not finish: the push's (or the bundle's forward's) ".part" files, an
 	// unpacked tree's incoming directory.
-	// They are removed too, best effort: a host that cannot be reached is logged.
+	// They are removed too: what a host out of reach keeps is recorded as a
+	// PendingLeftover and removed by cleanup's sweep once the host is back.
 	Leftovers []Leftover `json:"leftovers,omitempty"`
 }
 

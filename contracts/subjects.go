@@ -60,6 +60,9 @@ const (
 	BucketJobs   = "ferry_jobs"
 	BucketLeases = "ferry_leases"
 	BucketHosts  = "ferry_hosts"
+	// BucketLeftovers holds the job's temporary files on hosts that its cleanup could
+	// not remove (the host out of reach): cleanup's sweep removes them later.
+	BucketLeftovers = "ferry_leftovers"
 )
 
 // Durable consumer names.

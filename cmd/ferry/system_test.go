@@ -90,7 +90,10 @@ func startSystem(t *testing.T, played bool) *system {
 	})
 	s.run(func(ctx context.Context) error {
 		nc, _ := srv.Connect(t, "cleanup")
-		return cleanup.Run(ctx, cleanup.Config{StagingDir: staging, SecretsDir: secrets}, cleanup.Deps{NC: nc, Logger: log})
+		// Leftovers on a host out of reach are given 3 s and swept every 2 s, not 30 s
+		// and 10 min (TestSystemUpdateLeftoversOnAHostOutOfReach).
+		return cleanup.Run(ctx, cleanup.Config{StagingDir: staging, SecretsDir: secrets, LeftoversWait: 3 * time.Second, SweepEvery: 2 * time.Second},
+			cleanup.Deps{NC: nc, Logger: log})
 	})
 	defer s.waitForAPI()
 	if !played {

@@ -341,3 +341,111 @@ func TestSystemUpdateLeavesNoTemporaryFiles(t *testing.T) {
 		})
 	}
 }
+
+// A customer that is out of reach when the failed job's remove-staging runs keeps the
+// job's temporary files: they are recorded, and cleanup's sweep removes them once the
+// customer answers again, on a connection it closes. A record naming a file that is
+// not a job's temporary file is refused and dropped, the file left alone.
+func TestSystemUpdateLeftoversOnAHostOutOfReach(t *testing.T) {
+	s := startSystem(t, true)
+	customer := s.hosts["customer"]
+	home, uid, gid := testHome(t)
+	dest := filepath.Join(home, "dest-out-of-reach")
+	os.RemoveAll(dest)
+	t.Cleanup(func() { os.RemoveAll(dest) })
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	own := filepath.Join(dest, ".app.conf")
+	if err := os.WriteFile(own, []byte("the customer's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const id = "up-out-of-reach"
+	art := "update-" + id + ".tar.zst"
+	left := []string{filepath.Join(dest, contracts.TempName(art, id)), filepath.Join(dest, contracts.TempName(contracts.ManifestName(art), id))}
+	defer s.on("bundle", nil)
+	defer s.on("push", nil)
+	s.on("bundle", func(context.Context, contracts.StepCommand) (worker.Result, error) {
+		for _, p := range left {
+			if err := os.WriteFile(p, []byte("partial"), 0o644); err != nil {
+				return worker.Result{}, err
+			}
+		}
+		chownTree(t, dest, uid, gid)
+		return worker.Result{Output: contracts.ArtifactResult{Name: art, Size: 5, SHA256: "00"}}, nil
+	})
+	s.on("push", func(context.Context, contracts.StepCommand) (worker.Result, error) {
+		customer.Down()
+		return worker.Result{}, worker.Permanent(contracts.CodeUnreachable, errors.New("cannot reach customer:22"))
+	})
+	t.Cleanup(customer.Up) // for the other tests' cleanup, should this one stop early
+
+	req := contracts.JobRequest{Schema: contracts.SchemaJobRequest, ID: id, Action: contracts.ActionUpdate,
+		Update: &contracts.UpdateRequest{From: "operator-pc", Files: []string{"app"}, To: "customer", Dest: dest}}
+	if err := bus.Publish(context.Background(), s.js, contracts.SubjectJobSubmit, req, id, id); err != nil {
+		t.Fatal(err)
+	}
+	if j := s.wait(id); j.State != contracts.JobFailed {
+		t.Fatalf("job %s: %+v, want failed", j.State, j.Failure)
+	}
+	s.nothingLeft(id)
+
+	// Out of reach: the files are still there, and recorded.
+	ctx := context.Background()
+	kv, err := s.js.KeyValue(ctx, contracts.BucketLeftovers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, contracts.LeaseKey(id, "customer"))
+	if err != nil {
+		t.Fatalf("no record of the leftovers: %v", err)
+	}
+	var rec contracts.PendingLeftover
+	if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Schema != contracts.SchemaPendingLeftover || rec.JobID != id || rec.Host != "customer" ||
+		rec.Dir != dest || len(rec.Names) != 2 || rec.Reason == "" {
+		t.Errorf("record %s (%v)", e.Value(), err)
+	}
+	for _, p := range left {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("%s gone while the customer was down? %v", p, err)
+		}
+	}
+	forged, _ := json.Marshal(contracts.PendingLeftover{Schema: contracts.SchemaPendingLeftover, JobID: "job-forged", Since: time.Now(),
+		Leftover: contracts.Leftover{Host: "customer", Dir: dest, Names: []string{".app.conf"}}})
+	if _, err := kv.Put(ctx, contracts.LeaseKey("job-forged", "customer"), forged); err != nil {
+		t.Fatal(err)
+	}
+
+	// Back: the sweep (every 2 s here) removes them and forgets both records.
+	customer.Up()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var there []string
+		for _, p := range left {
+			if _, err := os.Stat(p); err == nil {
+				there = append(there, p)
+			}
+		}
+		keys, _ := kv.ListKeys(ctx)
+		var recs []string
+		for k := range keys.Keys() {
+			recs = append(recs, k)
+		}
+		if len(there) == 0 && len(recs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the customer came back: files %v, records %v", there, recs)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if b, err := os.ReadFile(own); err != nil || string(b) != "the customer's" {
+		t.Errorf("%s, not the job's, changed: %q, %v", own, b, err)
+	}
+	// The sweep's connection is closed once it is done.
+	for deadline := time.Now().Add(10 * time.Second); len(customer.ConnectionPIDs()) != 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("connections left open on the customer: %v", customer.ConnectionPIDs())
+		}
+	}
+}

@@ -116,6 +116,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		{Bucket: contracts.BucketJobs, History: 5, Description: "job records, changed by compare-and-set"},
 		{Bucket: contracts.BucketLeases, History: 1, TTL: 24 * time.Hour, Description: "SSH session leases"},
 		{Bucket: contracts.BucketHosts, History: 10, Description: "host inventory"},
+		{Bucket: contracts.BucketLeftovers, History: 1, Description: "jobs' temporary files on hosts out of reach, for cleanup's sweep"},
 	}
 	for _, cfg := range buckets {
 		cfg.Replicas = t.Replicas

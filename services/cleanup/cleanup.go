@@ -1,5 +1,7 @@
 // Package cleanup is ferry's cleanup service: it removes the staging areas of jobs and
-// prunes old backups on hosts (dialled under the job's session lease, like transfer).
+// their temporary files on hosts, and prunes old backups on hosts (dialled under the
+// job's session lease, like transfer). Temporary files on a host out of reach at the
+// job's end are recorded and removed by a later sweep, on a connection of its own.
 //
 // Run wires the service's step operations to the JetStream worker runner; cmd/cleanup
 // runs it as its own process and cmd/ferry runs it inside `ferry dev`.
@@ -37,8 +39,13 @@ type Config struct {
 	Keepalive sshdial.Keepalive
 	// DialTimeout bounds a connection's dial and handshake (default 20 s).
 	DialTimeout time.Duration
-	// SweepEvery is how often orphaned staging is swept (default 10 min; also at start).
+	// SweepEvery is how often orphaned staging is swept, and hosts are tried for the
+	// temporary files that jobs left there while out of reach (default 10 min; also at
+	// start).
 	SweepEvery time.Duration
+	// LeftoversWait bounds remove-staging's removal of a job's temporary files on each
+	// host (default 30 s); what a host out of reach keeps is left to the sweep.
+	LeftoversWait time.Duration
 	// UsageEvery is how often the bytes in staging are measured (default 30 s; also at
 	// every sweep). The filesystem's size and free space are read at every scrape.
 	UsageEvery time.Duration
@@ -109,12 +116,22 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 			log.Error("lease revocations not watched", "error", err)
 		}
 	}()
-	svc := service.New(st, &service.LeaseConnector{Dialer: dialer, Conns: remote.NewConns(remote.Options{})})
+	leftovers, err := bus.WaitKeyValue(ctx, js, contracts.BucketLeftovers)
+	if err != nil {
+		return err
+	}
+	store := &service.LeftoverStore{KV: leftovers}
+	svc := service.New(st, service.Options{
+		Connector:     &service.LeaseConnector{Dialer: dialer, Conns: remote.NewConns(remote.Options{})},
+		Pending:       store,
+		LeftoversWait: cfg.LeftoversWait,
+	})
 	jobs, err := bus.WaitKeyValue(ctx, js, contracts.BucketJobs)
 	if err != nil {
 		return err
 	}
 	sweeper := &service.Sweeper{Staging: st, Jobs: jobs, Log: log}
+	hostSweeper := &service.LeftoverSweeper{Store: store, Hosts: &service.DirectDialer{Dialer: dialer}, Log: log}
 	m := newMetrics(reg, st)
 	measure := func() {
 		if used, err := st.Usage(ctx); err == nil {
@@ -133,6 +150,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 				log.Warn("sweeping orphaned staging", "error", err)
 			}
 			measure()
+			res, err := hostSweeper.Sweep(ctx)
+			m.leftoversRemoved.Add(float64(res.Removed))
+			m.leftoversDropped.Add(float64(res.Dropped))
+			m.leftoversPending.Set(float64(res.Pending))
+			if err != nil && ctx.Err() == nil {
+				log.Warn("sweeping jobs' leftovers on hosts", "error", err)
+			}
 			select {
 			case <-ctx.Done():
 				return
@@ -159,13 +183,17 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 }
 
 type metrics struct {
-	orphans      prometheus.Counter
-	stagingBytes prometheus.Gauge
+	orphans          prometheus.Counter
+	stagingBytes     prometheus.Gauge
+	leftoversRemoved prometheus.Counter
+	leftoversDropped prometheus.Counter
+	leftoversPending prometheus.Gauge
 }
 
 // newMetrics registers the staging metrics: ferry_staging_bytes (measured at each
 // sweep and every UsageEvery), ferry_staging_orphans_removed_total, and the size and
-// available bytes of the filesystem holding staging, read at scrape time.
+// available bytes of the filesystem holding staging, read at scrape time; and the
+// sweep's count of jobs' leftovers on hosts: removed, dropped and pending.
 func newMetrics(reg prometheus.Registerer, st *staging.Dir) *metrics {
 	m := &metrics{
 		orphans: prometheus.NewCounter(prometheus.CounterOpts{
@@ -177,7 +205,19 @@ func newMetrics(reg prometheus.Registerer, st *staging.Dir) *metrics {
 			Help: "Bytes of the files in the staging area (measured every 30 s by default, and at each sweep).",
 		}),
 	}
-	reg.MustRegister(m.orphans, m.stagingBytes,
+	m.leftoversRemoved = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ferry_host_leftovers_removed_total",
+		Help: "Jobs' temporary files on hosts out of reach at the job's end, removed later by the sweep (one per job and host).",
+	})
+	m.leftoversDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ferry_host_leftovers_dropped_total",
+		Help: "Records of jobs' temporary files on hosts given up by the sweep (too old, host unknown, names refused); their paths are logged.",
+	})
+	m.leftoversPending = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ferry_host_leftovers_pending",
+		Help: "Records of jobs' temporary files on hosts still out of reach after the last sweep.",
+	})
+	reg.MustRegister(m.orphans, m.stagingBytes, m.leftoversRemoved, m.leftoversDropped, m.leftoversPending,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ferry_staging_filesystem_size_bytes",
 			Help: "Size of the filesystem holding the staging area.",

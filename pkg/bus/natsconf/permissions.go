@@ -99,6 +99,7 @@ func streams() []string {
 	return []string{
 		contracts.StreamJobs, contracts.StreamCommands, contracts.StreamEvents,
 		kvStream(contracts.BucketJobs), kvStream(contracts.BucketLeases), kvStream(contracts.BucketHosts),
+		kvStream(contracts.BucketLeftovers),
 	}
 }
 
@@ -226,7 +227,7 @@ func Users() []User {
 		{Name: string(contracts.ServiceConnector), About: "connect/tunnel/close: leases (read, write), hosts (read, pin keys), jobs (read)", Perms: connector()},
 		{Name: string(contracts.ServiceTransfer), About: "moves bytes under leases: leases, hosts and jobs read-only", Perms: transfer()},
 		{Name: string(contracts.ServiceArchiver), About: "archives and dumps in staging: job records read-only, no other bucket", Perms: archiver()},
-		{Name: string(contracts.ServiceCleanup), About: "staging and retention: leases, hosts and jobs read-only", Perms: cleanup()},
+		{Name: string(contracts.ServiceCleanup), About: "staging, retention and hosts' leftovers: leases, hosts and jobs read-only", Perms: cleanup()},
 		{Name: UserHelpdesk, About: "the helpdesk system: submits jobs, reads job events", Perms: helpdesk()},
 		{Name: UserAdmin, About: "the operator's ferry CLI: host inventory, job API, watching jobs", Perms: admin()},
 	}
@@ -324,6 +325,11 @@ func cleanup() Permissions {
 	b.kvWatch(contracts.BucketLeases)
 	b.kvRead(contracts.BucketHosts)
 	b.kvRead(contracts.BucketJobs)
+	// Temporary files left on hosts out of reach: recorded at remove-staging, listed
+	// and removed by the sweep.
+	b.kvRead(contracts.BucketLeftovers)
+	b.kvWatch(contracts.BucketLeftovers)
+	b.kvWrite(contracts.BucketLeftovers)
 	return b.done()
 }
 

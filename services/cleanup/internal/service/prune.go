@@ -269,6 +269,45 @@ func (s *sftpRemote) Classify(err error) error {
 	return session.Classify(err)
 }
 
+// HostDialer opens Remote on a host outside any job's session: the leftovers sweep
+// runs after the job ended and its leases were revoked. done closes the connection.
+type HostDialer interface {
+	Open(ctx context.Context, host string) (r Remote, done func(), err error)
+}
+
+// DirectDialer dials a host of the inventory, its key checked against the inventory's
+// pinned keys and known_hosts as the connect step checks it, for one use.
+type DirectDialer struct {
+	Dialer *session.Dialer
+}
+
+// Open dials host and opens an SFTP session within its roots.
+func (d *DirectDialer) Open(ctx context.Context, host string) (Remote, func(), error) {
+	h, _, err := d.Dialer.Hosts.Get(ctx, host)
+	if errors.Is(err, inventory.ErrUnknownHost) {
+		return nil, nil, worker.Permanent(contracts.CodeNotFound, err)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := d.Dialer.Dial(ctx, host, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	s := &sftpRemote{client: client}
+	done := func() { _ = client.Close() }
+	if s.conn, err = remote.Open(client, remote.Options{}); err != nil {
+		done()
+		return nil, nil, s.Classify(err)
+	}
+	done = func() { _ = s.conn.Close(); _ = client.Close() }
+	if s.roots, err = s.conn.Roots(h.Roots); err != nil {
+		done()
+		return nil, nil, s.Classify(err)
+	}
+	return s, done, nil
+}
+
 // LeaseConnector dials hosts under the job's lease and keeps one SFTP session per
 // connection.
 type LeaseConnector struct {

@@ -183,7 +183,7 @@ func TestPruneLogsAndLeftovers(t *testing.T) {
 
 func TestPruneNothingToDo(t *testing.T) {
 	// Keep 0 touches no host (there is no connector here).
-	res, err := New(nil, nil).Prune(context.Background(), contracts.PruneArgs{Host: "h", Dir: "d", Keep: 0})
+	res, err := New(nil, Options{}).Prune(context.Background(), contracts.PruneArgs{Host: "h", Dir: "d", Keep: 0})
 	if err != nil || res.Kept != 0 || len(res.Removed) != 0 {
 		t.Errorf("keep 0: %+v, %v", res, err)
 	}
@@ -193,7 +193,7 @@ func TestPruneNothingToDo(t *testing.T) {
 		t.Errorf("missing dir: %+v, %v", res, err)
 	}
 	for _, args := range []contracts.PruneArgs{{Dir: "d", Keep: -1}, {Keep: 1}, {Dir: "d", Prefix: "a/", Keep: 1}} {
-		_, err := New(nil, nil).Prune(context.Background(), args)
+		_, err := New(nil, Options{}).Prune(context.Background(), args)
 		var se *contracts.StepError
 		if !errors.As(err, &se) || se.Code != contracts.CodeInvalidCommand || se.Retryable {
 			t.Errorf("%+v: %v, want permanent invalid_command", args, err)

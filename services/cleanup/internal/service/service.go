@@ -7,12 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path"
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/logctx"
-	"github.com/ferrydesk/ferry/pkg/remote"
 	"github.com/ferrydesk/ferry/pkg/staging"
 	"github.com/ferrydesk/ferry/pkg/worker"
 )
@@ -35,15 +33,32 @@ func Ops(s Service) []worker.Op {
 	}
 }
 
-// New returns the cleanup service working on the staging area st, reaching hosts for
-// prune through connector (nil: prune is not supported).
-func New(st staging.Staging, connector Connector) Service {
-	return &cleanup{staging: st, connector: connector}
+// Options are what the service reaches beyond its staging area.
+type Options struct {
+	// Connector reaches hosts under the job's lease, for prune and a job's leftovers
+	// (nil: prune is not supported, leftovers are logged).
+	Connector Connector
+	// Pending records the leftovers of hosts out of reach for the sweep (nil: they
+	// are logged).
+	Pending Pending
+	// LeftoversWait bounds the removal of a job's leftovers on each host (default 30 s);
+	// a host out of reach is tried every 2 s meanwhile.
+	LeftoversWait time.Duration
+}
+
+// New returns the cleanup service working on the staging area st.
+func New(st staging.Staging, opts Options) Service {
+	if opts.LeftoversWait <= 0 {
+		opts.LeftoversWait = 30 * time.Second
+	}
+	return &cleanup{staging: st, connector: opts.Connector, pending: opts.Pending, leftoversWait: opts.LeftoversWait}
 }
 
 type cleanup struct {
-	staging   staging.Staging
-	connector Connector
+	staging       staging.Staging
+	connector     Connector
+	pending       Pending
+	leftoversWait time.Duration
 }
 
 // RemoveStaging removes the staging directory of the job the step belongs to (the
@@ -74,7 +89,7 @@ func (c *cleanup) RemoveStaging(ctx context.Context, args contracts.RemoveStagin
 	logctx.From(ctx).Debug("staging removed")
 	if len(args.Leftovers) > 0 {
 		// A customer out of reach must not hold the job's end for the whole step timeout.
-		lctx, cancel := context.WithTimeout(ctx, leftoversTimeout)
+		lctx, cancel := context.WithTimeout(ctx, c.leftoversWait)
 		defer cancel()
 		for _, l := range args.Leftovers {
 			c.removeLeftovers(lctx, job, l)
@@ -83,56 +98,50 @@ func (c *cleanup) RemoveStaging(ctx context.Context, args contracts.RemoveStagin
 	return struct{}{}, nil
 }
 
-// leftoversTimeout bounds the removal of a job's leftovers on hosts; a host out of
-// reach is tried every leftoversRetry meanwhile.
-const (
-	leftoversTimeout = 30 * time.Second
-	leftoversRetry   = 2 * time.Second
-)
+// leftoversRetry is how often a host out of reach is tried for a job's leftovers.
+const leftoversRetry = 2 * time.Second
 
-// removeLeftovers removes the job's temporary files l names on a host, best effort:
-// the job is ending, so what cannot be removed (the host unreachable) is logged with
-// its path for a person once the time allowed is spent.
+// removeLeftovers removes the job's temporary files l names on a host. A host that
+// went away (the reason the job failed, often) is tried again until the budget of ctx
+// is spent: it may be back a moment later. What cannot be removed then is recorded for
+// the sweep (see LeftoverSweeper), or logged with its paths when it cannot be.
 func (c *cleanup) removeLeftovers(ctx context.Context, job string, l contracts.Leftover) {
 	log := logctx.From(ctx).With("host", l.Host)
 	if c.connector == nil {
 		log.Warn("temporary files on the host not removed: no connections here", "dir", l.Dir, "names", l.Names)
 		return
 	}
-	notRemoved := func(err error) {
-		log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
-	}
-	// A host that went away (the reason the job failed, often) is tried again until
-	// the budget of ctx is spent: it may be back a moment later.
 	r, err := c.connector.Connect(ctx, job, l.Host)
 	for err != nil {
 		var se *contracts.StepError
 		if errors.As(err, &se) && !se.Retryable {
-			notRemoved(err)
-			return
+			break
 		}
 		select {
 		case <-ctx.Done():
-			notRemoved(err)
-			return
 		case <-time.After(leftoversRetry):
-		}
-		r, err = c.connector.Connect(ctx, job, l.Host)
-	}
-	dir, err := r.Resolve(l.Dir)
-	if errors.Is(err, remote.ErrNotFound) {
-		return // nothing was written there
-	}
-	if err != nil {
-		notRemoved(err)
-		return
-	}
-	for _, n := range l.Names {
-		p := path.Join(dir, n)
-		if err := r.RemoveAll(p); err != nil {
-			log.Warn("temporary file on the host not removed", "path", p, "err", err)
+			r, err = c.connector.Connect(ctx, job, l.Host)
 			continue
 		}
-		log.Debug("temporary file on the host removed (if it was there)", "path", p)
+		break
 	}
+	if err == nil {
+		if err = removeNames(r, l, log); err == nil {
+			return
+		}
+	}
+	if c.pending != nil && keepable(err) {
+		// ctx is spent by now: the record gets a moment of its own.
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		perr := c.pending.Keep(kctx, contracts.PendingLeftover{Schema: contracts.SchemaPendingLeftover, JobID: job,
+			Since: time.Now().UTC(), Reason: err.Error(), Leftover: l})
+		if perr == nil {
+			log.Warn("temporary files on the host not removed yet: the sweep removes them once the host answers",
+				"dir", l.Dir, "names", l.Names, "err", err)
+			return
+		}
+		log.Warn("leftovers not recorded for the sweep", "err", perr)
+	}
+	log.Warn("temporary files on the host not removed", "dir", l.Dir, "names", l.Names, "err", err)
 }

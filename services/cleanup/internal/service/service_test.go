@@ -17,7 +17,7 @@ func TestRemoveStagingNeedsAJob(t *testing.T) {
 	}
 	defer st.Close()
 	// Outside a runner there is no job id in ctx: the command can never succeed.
-	_, err = New(st, nil).RemoveStaging(context.Background(), contracts.RemoveStagingArgs{})
+	_, err = New(st, Options{}).RemoveStaging(context.Background(), contracts.RemoveStagingArgs{})
 	var se *contracts.StepError
 	if !errors.As(err, &se) || se.Code != contracts.CodeInvalidCommand || se.Retryable {
 		t.Errorf("RemoveStaging without a job = %v, want permanent invalid_command", err)
