@@ -353,6 +353,46 @@ func TestChaosLongOutage(t *testing.T) {
 	st.nothingLeft(t)
 }
 
+// The customer stays cut until the job has ended: remove-staging cannot reach it for
+// the 30 s it is given, so the archive's temporary file stays on the customer,
+// recorded. Once the customer is back, cleanup's sweep (every 5 s in this stack)
+// removes it on a connection of its own, which it closes.
+func TestChaosOutageOutlastsTheJob(t *testing.T) {
+	a := actions[0]
+	id, reconnect := cutWhileForwarding(t, "chaos-outlast")
+	connected := false
+	defer func() {
+		if !connected {
+			reconnect()
+		}
+	}()
+	j := st.waitJob(t, id, 15*time.Minute)
+	if j.State != contracts.JobFailed || j.Failure == nil || j.Failure.Step != "push" {
+		t.Fatalf("with the customer cut to the end: %s: %+v, want failed at push", j.State, j.Failure)
+	}
+	left := a.delivered(t, j)
+	if len(left) == 0 {
+		t.Fatal("nothing of the job on the customer while it was cut: the sweep has nothing to prove here")
+	}
+	t.Logf("left on the customer while it was cut: %v", left)
+	removed := st.metric(t, "cleanup", "ferry_host_leftovers_removed_total")
+	reconnect()
+	connected = true
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
+		left = a.delivered(t, j)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still on the customer two minutes after it came back: %v", left)
+		}
+	}
+	if got := st.metric(t, "cleanup", "ferry_host_leftovers_removed_total"); got != removed+1 {
+		t.Errorf("ferry_host_leftovers_removed_total went from %v to %v, want one more", removed, got)
+	}
+	st.nothingLeft(t)
+}
+
 // Three NATS nodes: one is killed during a batch of 50 jobs; all 50 succeed, none lost
 // or duplicated; the node is started again and the cluster heals. This test replaces
 // the single-node stack with the cluster: it stays last in this file, which go test

@@ -197,6 +197,7 @@ func (s *stack) composeEnv() []string {
 		"FERRY_NATS_PORT_3="+strconv.Itoa(natsPort3),
 		"FERRY_PROMETHEUS_PORT="+strconv.Itoa(prometheusPort),
 		"FERRY_LOG_LEVEL=debug",
+		"FERRY_CLEANUP_SWEEP_EVERY=5s", // TestChaosOutageOutlastsTheJob
 	)
 }
 
