@@ -148,14 +148,14 @@ func (c *Conn) walk(ctx context.Context, root string, fi os.FileInfo, fn func(re
 
 // Copy copies sources (paths or globs; relative ones start at the login's home) into
 // destDir on the host, each under its own name, directories recursively: with cp over
-// an exec session when the host allows commands, else streamed through SFTP (read and
-// written remotely). Every source must exist, every path resolve within roots and every
+// an exec session when the host allows commands, else through SFTP: by the server
+// itself where it offers copy-data (OpenSSH 9.0 and later), else streamed through this
+// client (read and written remotely). Every source must exist, every path resolve within roots and every
 // symbolic link inside a tree lead inside what is copied (archive.CheckLink; links are
 // copied as links), or nothing is copied. Copying again overwrites what an earlier copy
 // left.
 //
-// The SFTP fallback moves every byte through this client twice; OpenSSH's copy-data
-// extension would keep them on the host, but pkg/sftp does not expose it.
+// The streamed fallback moves every byte through this client twice.
 func (c *Conn) Copy(ctx context.Context, roots *Roots, sources []string, destDir string, prog *Progress) (Result, error) {
 	var res Result
 	if len(sources) == 0 {
@@ -261,7 +261,22 @@ func (c *Conn) Copy(ctx context.Context, roots *Roots, sources []string, destDir
 			files = append(files, it)
 		}
 	}
+	// On the host where its SFTP server copies (copy-data), else through this client.
+	var onHost *rawSFTP
+	if _, ok := c.sftp.HasExtension("copy-data"); ok && copyDataOK && len(files) > 0 {
+		if onHost, err = c.openRawSFTP(ctx); err != nil {
+			if e := connErr(c.ssh, err); e != nil {
+				return res, fmt.Errorf("copying into %s: %w", dest, e)
+			}
+			onHost = nil
+		} else {
+			defer onHost.close()
+		}
+	}
 	err = c.each(ctx, len(files), func(i int) error {
+		if onHost != nil {
+			return c.copyOnHost(ctx, onHost, files[i].src, files[i].dst, files[i].fi, prog)
+		}
 		release, err := c.admit(ctx, files[i].fi.Size())
 		if err != nil {
 			return err

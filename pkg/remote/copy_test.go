@@ -11,21 +11,31 @@ import (
 	"github.com/ferrydesk/ferry/pkg/sshtest"
 )
 
-// The server-side copy gives the same result over exec (cp) and on a host that allows
-// SFTP only (ForceCommand internal-sftp).
+// The server-side copy gives the same result over exec (cp), on a host that allows
+// SFTP only (ForceCommand internal-sftp) by its copy-data, and streamed through the
+// client where the server has no copy-data.
 func TestCopyExecAndSFTPOnly(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		config   []string
 		wantExec bool
+		copyData bool
 	}{
-		{"exec", nil, true},
-		{"sftp-only", []string{"ForceCommand internal-sftp"}, false},
+		{"exec", nil, true, true},
+		{"sftp-only", []string{"ForceCommand internal-sftp"}, false, true},
+		{"sftp-only-streamed", []string{"ForceCommand internal-sftp"}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			copyDataOK = tc.copyData
+			var onHost []string
+			testHookCopyData = func(src string) { onHost = append(onHost, filepath.Base(src)) }
+			t.Cleanup(func() { copyDataOK, testHookCopyData = true, nil })
 			e := newEnv(t, sshtest.Options{Config: tc.config})
 			src := filepath.Join(e.dir, "updates")
 			write(t, filepath.Join(src, "app", "bin", "app"), 300<<10)
+			if err := os.Chmod(filepath.Join(src, "app", "bin", "app"), 0o751); err != nil {
+				t.Fatal(err)
+			}
 			write(t, filepath.Join(src, "app", "lib", "a.jar"), 2<<20)
 			write(t, filepath.Join(src, "app", "lib", "b.jar"), 1000)
 			write(t, filepath.Join(src, "README.txt"), 100)
@@ -62,6 +72,17 @@ func TestCopyExecAndSFTPOnly(t *testing.T) {
 				t.Errorf("result %+v", res)
 			}
 			checkFlushed(t, destAbs, 5) // the pull may read the copy after the host lost power
+			if wantOnHost := !tc.wantExec && tc.copyData; wantOnHost != (len(onHost) == 5) || !wantOnHost && len(onHost) != 0 {
+				t.Errorf("copied with copy-data: %v (want all five files: %v)", onHost, wantOnHost)
+			}
+			// Mode and modification time (whole seconds: SFTP version 3) come along.
+			for _, rel := range []string{"app/bin/app", "app/lib/a.jar", "app/lib/b.jar", "README.txt"} {
+				srcFi, err1 := os.Stat(filepath.Join(src, rel))
+				dstFi, err2 := os.Stat(filepath.Join(destAbs, rel))
+				if err1 != nil || err2 != nil || dstFi.Mode() != srcFi.Mode() || dstFi.ModTime().Unix() != srcFi.ModTime().Unix() {
+					t.Errorf("%s: copied as %v (%v), source %v (%v)", rel, dstFi, err2, srcFi, err1)
+				}
+			}
 			// Again: same result, no error (a redelivered command).
 			if _, err := c.Copy(context.Background(), roots, []string{e.rel(filepath.Join(src, "app")), e.rel(src) + "/*.txt"}, dest, nil); err != nil {
 				t.Fatal(err)
@@ -128,5 +149,30 @@ func TestCopyRefusesMissingAndEscapingPaths(t *testing.T) {
 		if _, err := os.Lstat(p); err == nil {
 			t.Errorf("%s exists: something was copied", p)
 		}
+	}
+}
+
+// A destination the login may not write to fails the copy with ErrPermission naming
+// the file, by copy-data and streamed alike.
+func TestCopyRefusedByTheHost(t *testing.T) {
+	for _, copyData := range []bool{true, false} {
+		t.Run(map[bool]string{true: "copy-data", false: "streamed"}[copyData], func(t *testing.T) {
+			copyDataOK = copyData
+			t.Cleanup(func() { copyDataOK = true })
+			e := newEnv(t, sshtest.Options{Config: []string{"ForceCommand internal-sftp"}})
+			src := filepath.Join(e.dir, "updates", "app.bin")
+			write(t, src, 64<<10)
+			e.chown(e.dir)
+			dest := filepath.Join(e.dir, "locked")
+			if err := os.MkdirAll(dest, 0o755); err != nil { // root's: the login cannot write in it
+				t.Fatal(err)
+			}
+			c := e.open(Options{})
+			roots, _ := c.Roots(nil)
+			_, err := c.Copy(context.Background(), roots, []string{e.rel(src)}, e.rel(dest), nil)
+			if !errors.Is(err, ErrPermission) || !strings.Contains(err.Error(), filepath.Join(dest, "app.bin")) {
+				t.Errorf("copy into a directory the login may not write: %v, want ErrPermission naming the file", err)
+			}
+		})
 	}
 }
