@@ -19,6 +19,8 @@ import (
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/archive"
 	"github.com/ferrydesk/ferry/pkg/bus"
+	"github.com/ferrydesk/ferry/pkg/inventory"
+	"github.com/ferrydesk/ferry/pkg/sshdial"
 	"github.com/ferrydesk/ferry/pkg/sshtest"
 	"github.com/ferrydesk/ferry/pkg/worker"
 )
@@ -448,4 +450,74 @@ func TestSystemUpdateLeftoversOnAHostOutOfReach(t *testing.T) {
 			t.Fatalf("connections left open on the customer: %v", customer.ConnectionPIDs())
 		}
 	}
+}
+
+// An operator's PC that allows SFTP only (ForceCommand internal-sftp): the copy into
+// its home is made by its SFTP server (copy-data), the bundle pulls over SFTP, and the
+// update lands on the customer as from any other PC.
+func TestSystemUpdateFromAnSFTPOnlyPC(t *testing.T) {
+	s := startSystem(t, false)
+	locked := sshtest.Start(t, sshtest.Options{SFTPOnly: true, SFTPLog: true, SFTPLogLevel: "DEBUG1"})
+	sshtest.WriteCredential(t, s.secrets, "locked-pc", map[string]string{sshdial.FilePassword: locked.User().Password})
+	hosts, err := inventory.Open(context.Background(), s.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hosts.Put(context.Background(), locked.Host("locked-pc", "locked-pc")); err != nil {
+		t.Fatal(err)
+	}
+	home, uid, gid := testHome(t)
+	src := filepath.Join(home, "updates-"+t.Name())
+	dest := filepath.Join(home, "dest-"+t.Name())
+	const id = "up-sftp-only"
+	copied := filepath.Join(home, "ferry", "updates", id, "app")
+	clean := func() { os.RemoveAll(src); os.RemoveAll(dest); os.RemoveAll(filepath.Dir(copied)) }
+	clean()
+	t.Cleanup(clean)
+	want := map[string][]byte{"app.jar": random(t, 2<<20), "conf/app.yaml": []byte("level: info\n")}
+	for name, data := range want {
+		p := filepath.Join(src, "app", name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	chownTree(t, src, uid, gid)
+
+	r := ferry(t, map[string]string{"FERRY_NATS_URL": s.srv.URL}, "update", "--id", id, "--from", "locked-pc",
+		"--files", filepath.Base(src)+"/app", "--to", "customer", "--dest", dest, "--wait")
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	sameTree(t, copied, want) // the seed's step 2: the copy in the operator's home
+	// Copied by the server: a copy-data request for each file, and no write request
+	// on the PC at all (the bundle only reads there).
+	log := locked.SFTPLogText()
+	if n := strings.Count(log, ": copy-data from "); n != 2 || strings.Contains(log, ": write ") {
+		t.Errorf("%d copy-data requests (want 2), writes: %v; sftp-server's log:\n%s", n, strings.Contains(log, ": write "), log)
+	}
+	name := "update-" + id + ".tar.zst"
+	mdata, err := os.ReadFile(filepath.Join(dest, contracts.ManifestName(name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m contracts.Manifest
+	if err := json.Unmarshal(mdata, &m); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dest, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := t.TempDir()
+	root, _ := os.OpenRoot(out)
+	defer root.Close()
+	if err := archive.Extract(context.Background(), f, root, m); err != nil {
+		t.Fatalf("the delivered archive does not verify: %v", err)
+	}
+	sameTree(t, filepath.Join(out, "app"), want)
+	s.nothingLeft(id)
 }

@@ -51,6 +51,9 @@ type Options struct {
 	// operation it performs (open, write, fsync, rename…) to a file that SFTPLogText
 	// returns, instead of the quiet internal-sftp.
 	SFTPLog bool
+	// SFTPLogLevel is sftp-server's log level with SFTPLog (default VERBOSE, one line
+	// an operation; DEBUG1 names every request, each write and copy-data among them).
+	SFTPLogLevel string
 	// SFTPOnly forces every session into the SFTP server (ForceCommand): the host
 	// runs no commands, like a chrooted SFTP-only account.
 	SFTPOnly bool
@@ -178,7 +181,11 @@ func (s *Server) subsystem() string {
 	// sshd runs a subsystem through the user's shell, which does the redirection;
 	// the log is writable by the test user the server runs as.
 	s.writeFile("sftp.log", nil, 0o666)
-	return "Subsystem sftp " + SFTPServerPath + " -e -l VERBOSE 2>>" + s.sftpLogPath()
+	level := s.opts.SFTPLogLevel
+	if level == "" {
+		level = "VERBOSE"
+	}
+	return "Subsystem sftp " + SFTPServerPath + " -e -l " + level + " 2>>" + s.sftpLogPath()
 }
 
 // SFTPLogText returns what sftp-server logged so far (Options.SFTPLog).
