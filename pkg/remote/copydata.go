@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -41,6 +42,8 @@ const (
 	fxfTrunc = 0x10
 
 	rawMaxPacket = 256 << 10 // replies here are small; a longer one is a protocol error
+
+	closeTimeout = 30 * time.Second
 )
 
 // rawSFTP is the minimal SFTP client of copy-data.
@@ -281,7 +284,11 @@ func (r *rawSFTP) open(ctx context.Context, p string, flags uint32) ([]byte, err
 	return h, nil
 }
 
+// closeHandle closes h, even once ctx is done (the handle would stay open on the
+// server until the session ends), within closeTimeout.
 func (r *rawSFTP) closeHandle(ctx context.Context, h []byte) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+	defer cancel()
 	rep, err := r.request(ctx, fxpClose, appendString(nil, string(h)))
 	if err != nil {
 		return err
@@ -347,7 +354,7 @@ func (c *Conn) copyOnHost(ctx context.Context, r *rawSFTP, src, dst string, fi o
 	if err != nil {
 		return c.pathErr("open", src, err)
 	}
-	defer func() { _ = r.closeHandle(context.WithoutCancel(ctx), in) }()
+	defer func() { _ = r.closeHandle(ctx, in) }()
 	out, err := r.open(ctx, dst, fxfWrite|fxfCreat|fxfTrunc)
 	if err != nil {
 		return c.writeErr(dst, err)
@@ -356,7 +363,7 @@ func (c *Conn) copyOnHost(ctx context.Context, r *rawSFTP, src, dst string, fi o
 	if err == nil {
 		err = r.fsync(ctx, out)
 	}
-	if cerr := r.closeHandle(context.WithoutCancel(ctx), out); err == nil {
+	if cerr := r.closeHandle(ctx, out); err == nil {
 		err = cerr
 	}
 	if err != nil {
