@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/ferrydesk/ferry/pkg/sshtest"
@@ -27,8 +28,13 @@ func TestCopyExecAndSFTPOnly(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			copyDataOK = tc.copyData
+			var mu sync.Mutex // files are copied several at once
 			var onHost []string
-			testHookCopyData = func(src string) { onHost = append(onHost, filepath.Base(src)) }
+			testHookCopyData = func(src string) {
+				mu.Lock()
+				defer mu.Unlock()
+				onHost = append(onHost, filepath.Base(src))
+			}
 			t.Cleanup(func() { copyDataOK, testHookCopyData = true, nil })
 			e := newEnv(t, sshtest.Options{Config: tc.config})
 			src := filepath.Join(e.dir, "updates")
