@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
-	"github.com/ferrydesk/ferry/pkg/archive"
 	"github.com/ferrydesk/ferry/pkg/inventory"
 )
 
@@ -40,27 +39,12 @@ func (s *system) bundle(id, dir string) (contracts.Manifest, map[string][]byte) 
 	t := s.t
 	j := s.job(id)
 	name := j.Created.UTC().Format(contracts.BackupTimeFormat) + ".tar.zst"
-	var m contracts.Manifest
-	raw, err := os.ReadFile(filepath.Join(dir, contracts.ManifestName(name)))
-	if err != nil {
-		t.Fatalf("no manifest: %v", err)
-	}
-	if err := json.Unmarshal(raw, &m); err != nil || m.Schema != contracts.SchemaManifest || m.JobID != id {
-		t.Fatalf("manifest %s: %v", raw, err)
-	}
-	f, err := os.Open(filepath.Join(dir, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := t.TempDir()
-	root, _ := os.OpenRoot(out)
-	defer root.Close()
-	if err := archive.Extract(context.Background(), f, root, m); err != nil {
-		t.Fatalf("the delivered bundle does not verify: %v", err)
+	m, out := extractDelivered(t, dir, name)
+	if m.JobID != id {
+		t.Fatalf("manifest of job %q, want %s", m.JobID, id)
 	}
 	got := map[string][]byte{}
-	err = filepath.Walk(out, func(p string, fi os.FileInfo, err error) error {
+	err := filepath.Walk(out, func(p string, fi os.FileInfo, err error) error {
 		if err != nil || fi.IsDir() {
 			return err
 		}

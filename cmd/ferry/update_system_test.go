@@ -92,26 +92,7 @@ func TestSystemUpdate(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 		}
-		name := "update-up-archive.tar.zst"
-		mdata, err := os.ReadFile(filepath.Join(dest, "archive", contracts.ManifestName(name)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var m contracts.Manifest
-		if err := json.Unmarshal(mdata, &m); err != nil {
-			t.Fatal(err)
-		}
-		f, err := os.Open(filepath.Join(dest, "archive", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		out := t.TempDir()
-		root, _ := os.OpenRoot(out)
-		defer root.Close()
-		if err := archive.Extract(context.Background(), f, root, m); err != nil {
-			t.Fatalf("the delivered archive does not verify: %v", err)
-		}
+		m, out := extractDelivered(t, filepath.Join(dest, "archive"), "update-up-archive.tar.zst")
 		sameTree(t, filepath.Join(out, "app-2.3.1"), want)
 		landed(t, filepath.Join(out, "app-2.3.1"))
 		// The archive went on to the customer while it was made: the bundle says
@@ -498,26 +479,37 @@ func TestSystemUpdateFromAnSFTPOnlyPC(t *testing.T) {
 	if n := strings.Count(log, ": copy-data from "); n != 2 || strings.Contains(log, ": write ") {
 		t.Errorf("%d copy-data requests (want 2), writes: %v; sftp-server's log:\n%s", n, strings.Contains(log, ": write "), log)
 	}
-	name := "update-" + id + ".tar.zst"
-	mdata, err := os.ReadFile(filepath.Join(dest, contracts.ManifestName(name)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, out := extractDelivered(t, dest, "update-"+id+".tar.zst")
+	sameTree(t, filepath.Join(out, "app"), want)
+	s.nothingLeft(id)
+}
+
+// extractDelivered reads the archive name and its manifest delivered into dir,
+// extracts the archive into a new directory, verifying every file against the
+// manifest, and returns the manifest and that directory.
+func extractDelivered(t *testing.T, dir, name string) (contracts.Manifest, string) {
+	t.Helper()
 	var m contracts.Manifest
-	if err := json.Unmarshal(mdata, &m); err != nil {
-		t.Fatal(err)
+	raw, err := os.ReadFile(filepath.Join(dir, contracts.ManifestName(name)))
+	if err != nil {
+		t.Fatalf("no manifest: %v", err)
 	}
-	f, err := os.Open(filepath.Join(dest, name))
+	if err := json.Unmarshal(raw, &m); err != nil || m.Schema != contracts.SchemaManifest {
+		t.Fatalf("manifest %s: %v", raw, err)
+	}
+	f, err := os.Open(filepath.Join(dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	out := t.TempDir()
-	root, _ := os.OpenRoot(out)
+	root, err := os.OpenRoot(out)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer root.Close()
 	if err := archive.Extract(context.Background(), f, root, m); err != nil {
-		t.Fatalf("the delivered archive does not verify: %v", err)
+		t.Fatalf("the delivered %s does not verify: %v", name, err)
 	}
-	sameTree(t, filepath.Join(out, "app"), want)
-	s.nothingLeft(id)
+	return m, out
 }

@@ -27,14 +27,13 @@ var copyDataOK = true
 
 // SFTP version 3 packet types and open flags used here.
 const (
-	fxpInit          = 1
-	fxpVersion       = 2
-	fxpOpen          = 3
-	fxpClose         = 4
-	fxpExtended      = 200
-	fxpStatus        = 101
-	fxpHandle        = 102
-	fxpExtendedReply = 201
+	fxpInit     = 1
+	fxpVersion  = 2
+	fxpOpen     = 3
+	fxpClose    = 4
+	fxpExtended = 200
+	fxpStatus   = 101
+	fxpHandle   = 102
 
 	fxfRead  = 0x01
 	fxfWrite = 0x02

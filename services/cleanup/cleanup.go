@@ -153,8 +153,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 			res, err := hostSweeper.Sweep(ctx)
 			m.leftoversRemoved.Add(float64(res.Removed))
 			m.leftoversDropped.Add(float64(res.Dropped))
-			m.leftoversPending.Set(float64(res.Pending))
-			if err != nil && ctx.Err() == nil {
+			if err == nil { // a sweep cut short did not count what waits
+				m.leftoversPending.Set(float64(res.Pending))
+			} else if ctx.Err() == nil {
 				log.Warn("sweeping jobs' leftovers on hosts", "error", err)
 			}
 			select {
