@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,9 +16,15 @@ import (
 // when a cluster node was killed.
 const kvAttempt = 3 * time.Second
 
-// steadyKV is a bucket whose single-key calls ride out a stream electing a leader or a
-// connection being re-established: each attempt gets kvAttempt, and a timeout, "no
-// responders" or a JetStream 503 is tried again until the caller's context ends.
+// listAttempt bounds one listing of a bucket's keys. A listing is a consumer on the
+// bucket's stream; when the node serving it dies the consumer stalls, and the client
+// library then ends the list at the caller's deadline as if it were whole.
+const listAttempt = 10 * time.Second
+
+// steadyKV is a bucket whose single-key calls and key listings ride out a stream
+// electing a leader or a connection being re-established: each attempt gets kvAttempt
+// (a listing listAttempt), and a timeout, "no responders" or a JetStream 503 is tried
+// again until the caller's context ends.
 //
 // Writes stay exactly-once in effect. A put or delete repeated is the same write. A
 // create or compare-and-set repeated after a lost reply finds its own write in place
@@ -65,6 +72,57 @@ func (kv steadyKV) Update(ctx context.Context, key string, value []byte, revisio
 		return kv.KeyValue.Update(ctx, key, value, revision)
 	})
 }
+
+// ListKeys lists the bucket's keys; see list.
+func (kv steadyKV) ListKeys(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyLister, error) {
+	return kv.list(ctx, func(ctx context.Context) (jetstream.KeyLister, error) {
+		return kv.KeyValue.ListKeys(ctx, opts...)
+	})
+}
+
+// ListKeysFiltered lists the bucket's keys matching filters; see list.
+func (kv steadyKV) ListKeysFiltered(ctx context.Context, filters ...string) (jetstream.KeyLister, error) {
+	return kv.list(ctx, func(ctx context.Context) (jetstream.KeyLister, error) {
+		return kv.KeyValue.ListKeysFiltered(ctx, filters...)
+	})
+}
+
+// list reads a whole listing within one attempt of listAttempt and hands it out from
+// memory (keys only). The client library's lister closes its channel when its context
+// ends, the same as when the list is complete: a listing cut short that way is an
+// error here, tried again while ctx lasts, never a shorter list.
+func (kv steadyKV) list(ctx context.Context, open func(context.Context) (jetstream.KeyLister, error)) (jetstream.KeyLister, error) {
+	keys, err := retryFor(ctx, listAttempt, func(ctx context.Context) ([]string, error) {
+		l, err := open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { _ = l.Stop() }()
+		var keys []string
+		for k := range l.Keys() {
+			keys = append(keys, k)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("listing keys: cut short after %d: %w", len(keys), err)
+		}
+		return keys, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	l := make(keyList, len(keys))
+	for _, k := range keys {
+		l <- k
+	}
+	close(l)
+	return l, nil
+}
+
+// keyList is a finished listing: a closed channel holding every key.
+type keyList chan string
+
+func (l keyList) Keys() <-chan string { return l }
+func (l keyList) Stop() error         { return nil }
 
 // write runs a conditional write (create, compare-and-set). When an attempt after an
 // uncertain one (no answer) meets conflict, the earlier attempt may have landed: the

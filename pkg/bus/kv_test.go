@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -144,7 +145,10 @@ type lossyProxy struct {
 
 	mu    sync.Mutex
 	muted bool
-	conns []net.Conn
+	// budget, when positive, is how many more bytes the server may send before the
+	// proxy mutes itself.
+	budget int
+	conns  []net.Conn
 }
 
 func startLossyProxy(t *testing.T, target string) *lossyProxy {
@@ -163,7 +167,20 @@ func (p *lossyProxy) addr() string { return p.ln.Addr().String() }
 func (p *lossyProxy) mute(on bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.muted = on
+	p.muted, p.budget = on, 0
+}
+
+func (p *lossyProxy) isMuted() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.muted
+}
+
+// muteAfter lets n more bytes from the server through, then mutes.
+func (p *lossyProxy) muteAfter(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.budget = n
 }
 
 func (p *lossyProxy) cut() {
@@ -200,6 +217,10 @@ func (p *lossyProxy) replies(client, server net.Conn) {
 	for {
 		n, err := server.Read(buf)
 		p.mu.Lock()
+		if p.budget > 0 && !p.muted {
+			p.budget -= n
+			p.muted = p.budget <= 0
+		}
 		muted := p.muted
 		p.mu.Unlock()
 		if n > 0 && !muted {
@@ -211,4 +232,103 @@ func (p *lossyProxy) replies(client, server net.Conn) {
 			return
 		}
 	}
+}
+
+// TestKeyValueListSurvivesALostReply: a listing of a bucket's keys whose answers stop
+// coming mid-way (the node serving it dies) is an error when the caller's deadline
+// comes first, never a shorter list; and once the client has reconnected it comes
+// back whole, well before the caller's deadline.
+func TestKeyValueListSurvivesALostReply(t *testing.T) {
+	srv := bustest.Start(t, bus.Topology{})
+	_, direct := srv.Connect(t, "observer")
+	p := startLossyProxy(t, srv.Addr().String())
+	nc, err := nats.Connect("nats://"+p.addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kv, err := bus.WaitKeyValue(ctx, js, contracts.BucketLeases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen, err := bus.WaitKeyValue(ctx, direct, contracts.BucketLeases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// About 150 bytes a key on the wire: the proxy's budget below runs out mid-list.
+	const n = 3000
+	for i := range n {
+		if _, err := seen.Put(ctx, fmt.Sprintf("job-%04d.host", i), []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func(ctx context.Context) (int, error) {
+		l, err := kv.ListKeys(ctx)
+		if err != nil {
+			return 0, err
+		}
+		got := 0
+		for range l.Keys() {
+			got++
+		}
+		return got, nil
+	}
+
+	t.Run("deadline first", func(t *testing.T) {
+		p.muteAfter(100 << 10)
+		defer p.mute(false)
+		lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		if got, err := list(lctx); err == nil {
+			t.Fatalf("a listing cut short returned %d of %d keys and no error", got, n)
+		} else {
+			t.Logf("listing: %v", err)
+		}
+	})
+
+	t.Run("reconnected", func(t *testing.T) {
+		p.cut() // the muted connection of the subtest above
+		for wait := time.Now(); nc.Status() != nats.CONNECTED; time.Sleep(10 * time.Millisecond) {
+			if time.Since(wait) > 10*time.Second {
+				t.Fatalf("not reconnected: %v", nc.Status())
+			}
+		}
+		p.muteAfter(100 << 10)
+		type result struct {
+			n   int
+			err error
+		}
+		done := make(chan result, 1)
+		start := time.Now()
+		go func() {
+			lctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			got, err := list(lctx)
+			done <- result{got, err}
+		}()
+		for !p.isMuted() {
+			if time.Since(start) > 10*time.Second {
+				t.Fatal("the listing did not start")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+		p.cut()
+		p.mute(false)
+		select {
+		case r := <-done:
+			if r.err != nil || r.n != n {
+				t.Fatalf("listing after a lost reply: %d of %d keys, %v", r.n, n, r.err)
+			}
+			t.Logf("whole listing %s after it started", time.Since(start).Round(time.Millisecond))
+		case <-time.After(30 * time.Second):
+			t.Fatal("listing still waiting 30 s after the reconnection: a lost reply held it")
+		}
+	})
 }
