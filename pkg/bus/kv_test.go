@@ -138,7 +138,9 @@ func TestKeyValueConflictStaysAConflict(t *testing.T) {
 }
 
 // lossyProxy forwards TCP connections to a NATS server. While muted, what the server
-// sends is dropped (its replies are lost); cut closes every connection.
+// sends is held back, as by a node that stopped answering; cut closes every
+// connection, and what was held back is lost with it (never a part of the stream:
+// the client sees a prefix of what the server sent, as over a real connection).
 type lossyProxy struct {
 	ln     net.Listener
 	target string
@@ -149,6 +151,8 @@ type lossyProxy struct {
 	// proxy mutes itself.
 	budget int
 	conns  []net.Conn
+	// cuts counts the cuts: a reply held back across one is dropped.
+	cuts int
 }
 
 func startLossyProxy(t *testing.T, target string) *lossyProxy {
@@ -190,6 +194,7 @@ func (p *lossyProxy) cut() {
 		c.Close()
 	}
 	p.conns = nil
+	p.cuts++
 }
 
 func (p *lossyProxy) serve() {
@@ -211,19 +216,15 @@ func (p *lossyProxy) serve() {
 	}
 }
 
-// replies copies the server's bytes to the client unless muted.
+// replies copies the server's bytes to the client, holding them back while muted.
 func (p *lossyProxy) replies(client, server net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := server.Read(buf)
-		p.mu.Lock()
-		if p.budget > 0 && !p.muted {
-			p.budget -= n
-			p.muted = p.budget <= 0
-		}
-		muted := p.muted
-		p.mu.Unlock()
-		if n > 0 && !muted {
+		if n > 0 {
+			if !p.hold(n) {
+				return
+			}
 			if _, werr := client.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -234,6 +235,25 @@ func (p *lossyProxy) replies(client, server net.Conn) {
 	}
 }
 
+// hold counts n bytes against the budget (muting once it is spent, after them) and
+// waits while muted. It reports false when the connection was cut meanwhile.
+func (p *lossyProxy) hold(n int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cuts := p.cuts
+	if p.budget > 0 && !p.muted {
+		p.budget -= n
+		p.muted = p.budget <= 0
+		return true
+	}
+	for p.muted && p.cuts == cuts {
+		p.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		p.mu.Lock()
+	}
+	return p.cuts == cuts
+}
+
 // TestKeyValueListSurvivesALostReply: a listing of a bucket's keys whose answers stop
 // coming mid-way (the node serving it dies) is an error when the caller's deadline
 // comes first, never a shorter list; and once the client has reconnected it comes
@@ -242,7 +262,9 @@ func TestKeyValueListSurvivesALostReply(t *testing.T) {
 	srv := bustest.Start(t, bus.Topology{})
 	_, direct := srv.Connect(t, "observer")
 	p := startLossyProxy(t, srv.Addr().String())
-	nc, err := nats.Connect("nats://"+p.addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	reconnected := make(chan struct{}, 10)
+	nc, err := nats.Connect("nats://"+p.addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+		nats.ReconnectHandler(func(*nats.Conn) { reconnected <- struct{}{} }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,11 +315,14 @@ func TestKeyValueListSurvivesALostReply(t *testing.T) {
 	})
 
 	t.Run("reconnected", func(t *testing.T) {
+		for len(reconnected) > 0 {
+			<-reconnected
+		}
 		p.cut() // the muted connection of the subtest above
-		for wait := time.Now(); nc.Status() != nats.CONNECTED; time.Sleep(10 * time.Millisecond) {
-			if time.Since(wait) > 10*time.Second {
-				t.Fatalf("not reconnected: %v", nc.Status())
-			}
+		select {
+		case <-reconnected:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("not reconnected: %v", nc.Status())
 		}
 		p.muteAfter(100 << 10)
 		type result struct {
