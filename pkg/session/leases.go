@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/bus"
+	"github.com/ferrydesk/ferry/pkg/logctx"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -141,24 +142,20 @@ func (l *Leases) Delete(ctx context.Context, job, host string) error {
 func (l *Leases) Expired(ls contracts.Lease) bool { return !ls.Expires.After(l.now()) }
 
 // WatchRevocations calls gone with the key of every lease that is deleted or purged,
-// until ctx ends.
+// until ctx ends. A watcher the client library gives up on is made again from where
+// it stopped (bus.Follow): a revocation missed would leave a job's connection open.
 func (l *Leases) WatchRevocations(ctx context.Context, gone func(key string)) error {
-	w, err := l.kv.WatchAll(ctx, jetstream.UpdatesOnly())
+	err := bus.Follow(ctx, l.kv, bus.FollowOptions{
+		Remade: func(from uint64, why error) {
+			logctx.From(ctx).Warn("lease watcher made again", "from_revision", from, "error", why)
+		},
+	}, func(e jetstream.KeyValueEntry) {
+		if e.Operation() == jetstream.KeyValueDelete || e.Operation() == jetstream.KeyValuePurge {
+			gone(e.Key())
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("watching leases: %w", err)
 	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil
-			}
-			if e != nil && (e.Operation() == jetstream.KeyValueDelete || e.Operation() == jetstream.KeyValuePurge) {
-				gone(e.Key())
-			}
-		}
-	}
+	return nil
 }

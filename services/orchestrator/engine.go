@@ -431,42 +431,37 @@ func (e *engine) routeStepEvents(msg jetstream.Msg) (string, func(context.Contex
 // every job in flight; afterwards it keeps the timers of jobs that other replicas
 // advance, so any replica can take over.
 func (e *engine) watch(ctx context.Context, ready chan<- struct{}) error {
-	kv := e.store.kv
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	resumed := 0
+	err := bus.Follow(ctx, e.store.kv, bus.FollowOptions{
+		FromStart:     true,
+		IgnoreDeletes: true,
+		Loaded: func() {
+			e.log.Info("job records loaded", "resumed", resumed)
+			if ready != nil {
+				close(ready)
+				ready = nil
+			}
+		},
+		Remade: func(from uint64, why error) {
+			e.log.Warn("job record watcher made again", "from_revision", from, "error", why)
+		},
+	}, func(entry jetstream.KeyValueEntry) {
+		var j contracts.Job
+		if err := json.Unmarshal(entry.Value(), &j); err != nil {
+			e.log.Error("undecodable job record", "key", entry.Key(), "error", err)
+			return
+		}
+		if ready != nil && !j.State.Final() {
+			resumed++
+		}
+		e.schedule(&j)
+		n := e.inFlightByAction()
+		for _, a := range contracts.Actions {
+			e.metrics.inFlight.WithLabelValues(string(a)).Set(float64(n[a]))
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("watching job records: %w", err)
 	}
-	defer func() { _ = w.Stop() }()
-	resumed := 0
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case entry, ok := <-w.Updates():
-			if !ok {
-				return nil
-			}
-			if entry == nil { // initial values delivered
-				if ready != nil {
-					e.log.Info("job records loaded", "resumed", resumed)
-					close(ready)
-					ready = nil
-				}
-				continue
-			}
-			var j contracts.Job
-			if err := json.Unmarshal(entry.Value(), &j); err != nil {
-				e.log.Error("undecodable job record", "key", entry.Key(), "error", err)
-				continue
-			}
-			if ready != nil && !j.State.Final() {
-				resumed++
-			}
-			e.schedule(&j)
-			n := e.inFlightByAction()
-			for _, a := range contracts.Actions {
-				e.metrics.inFlight.WithLabelValues(string(a)).Set(float64(n[a]))
-			}
-		}
-	}
+	return nil
 }
