@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
+	"sync"
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
@@ -138,30 +139,24 @@ type SweepResult struct {
 	Dropped int // records given up (too old, unknown host, not a job's temporary names)
 }
 
-// Sweep tries every recorded host once.
+// sweepHostsAtOnce bounds the hosts a sweep tries at the same time: a host that
+// accepts connections but never answers holds its turn until the dial times out.
+const sweepHostsAtOnce = 8
+
+// Sweep tries every recorded host once, up to sweepHostsAtOnce of them at a time.
 func (s *LeftoverSweeper) Sweep(ctx context.Context) (SweepResult, error) {
 	var res SweepResult
 	entries, err := s.Store.all(ctx)
 	if err != nil {
 		return res, err
 	}
-	maxAge := s.MaxAge
-	if maxAge <= 0 {
-		maxAge = contracts.PendingLeftoverMaxAge
-	}
-	drop := func(e pendingEntry, msg string, args ...any) {
-		s.Log.Warn(msg, append([]any{"job_id", e.p.JobID, "host", e.p.Host, "dir", e.p.Dir, "names", e.p.Names, "key", e.key}, args...)...)
-		if err := s.Store.forget(ctx, e.key); err != nil && ctx.Err() == nil {
-			s.Log.Warn("dropping a leftovers record", "key", e.key, "err", err)
-			return
-		}
-		res.Dropped++
-	}
 	byHost := map[string][]pendingEntry{}
 	var hosts []string
 	for _, e := range entries {
 		if err := check(e); err != nil {
-			drop(e, "leftovers record refused", "err", err)
+			if s.drop(ctx, e, "leftovers record refused", "err", err) {
+				res.Dropped++
+			}
 			continue
 		}
 		if _, ok := byHost[e.p.Host]; !ok {
@@ -169,42 +164,90 @@ func (s *LeftoverSweeper) Sweep(ctx context.Context) (SweepResult, error) {
 		}
 		byHost[e.p.Host] = append(byHost[e.p.Host], e)
 	}
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		turn = make(chan struct{}, sweepHostsAtOnce)
+	)
 	for _, host := range hosts {
-		if ctx.Err() != nil {
-			return res, ctx.Err()
+		select {
+		case turn <- struct{}{}:
+		case <-ctx.Done():
 		}
-		r, done, err := s.Hosts.Open(ctx, host)
-		if err != nil {
-			var se *contracts.StepError
-			for _, e := range byHost[host] {
-				switch {
-				case errors.As(err, &se) && se.Code == contracts.CodeNotFound:
-					drop(e, "temporary files on a host no longer in the inventory not removed", "err", err)
-				case time.Since(e.p.Since) > maxAge:
-					drop(e, "temporary files on the host not removed: given up", "since", e.p.Since, "err", err)
-				default:
-					s.Log.Debug("host of leftovers still out of reach", "job_id", e.p.JobID, "host", host, "err", err)
-					res.Pending++
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-turn }()
+			r := s.sweepHost(ctx, host, byHost[host])
+			mu.Lock()
+			defer mu.Unlock()
+			res.Removed += r.Removed
+			res.Pending += r.Pending
+			res.Dropped += r.Dropped
+		}()
+	}
+	wg.Wait()
+	return res, ctx.Err()
+}
+
+// sweepHost tries one host for its records.
+func (s *LeftoverSweeper) sweepHost(ctx context.Context, host string, entries []pendingEntry) SweepResult {
+	var res SweepResult
+	maxAge := s.MaxAge
+	if maxAge <= 0 {
+		maxAge = contracts.PendingLeftoverMaxAge
+	}
+	r, done, err := s.Hosts.Open(ctx, host)
+	if err != nil {
+		var se *contracts.StepError
+		for _, e := range entries {
+			switch {
+			case errors.As(err, &se) && se.Code == contracts.CodeNotFound:
+				if s.drop(ctx, e, "temporary files on a host no longer in the inventory not removed", "err", err) {
+					res.Dropped++
 				}
+			case time.Since(e.p.Since) > maxAge:
+				if s.drop(ctx, e, "temporary files on the host not removed: given up", "since", e.p.Since, "err", err) {
+					res.Dropped++
+				}
+			default:
+				s.Log.Debug("host of leftovers still out of reach", "job_id", e.p.JobID, "host", host, "err", err)
+				res.Pending++
 			}
+		}
+		return res
+	}
+	defer done()
+	for _, e := range entries {
+		log := s.Log.With("job_id", e.p.JobID, "host", host)
+		if err := removeNames(r, e.p.Leftover, log); err != nil {
+			log.Warn("leftovers not removed yet", "dir", e.p.Dir, "names", e.p.Names, "err", err)
+			res.Pending++
 			continue
 		}
-		for _, e := range byHost[host] {
-			log := s.Log.With("job_id", e.p.JobID, "host", host)
-			if err := removeNames(r, e.p.Leftover, log); err != nil {
-				log.Warn("leftovers not removed yet", "dir", e.p.Dir, "names", e.p.Names, "err", err)
-				res.Pending++
-				continue
-			}
-			if err := s.Store.forget(ctx, e.key); err != nil {
-				log.Warn("dropping a leftovers record", "key", e.key, "err", err)
-			}
-			log.Info("leftovers removed from the host", "dir", e.p.Dir, "names", e.p.Names, "since", e.p.Since)
-			res.Removed++
+		if err := s.Store.forget(ctx, e.key); err != nil {
+			log.Warn("dropping a leftovers record", "key", e.key, "err", err)
 		}
-		done()
+		log.Info("leftovers removed from the host", "dir", e.p.Dir, "names", e.p.Names, "since", e.p.Since)
+		res.Removed++
 	}
-	return res, nil
+	return res
+}
+
+// drop logs a record's paths with msg and forgets the record; it reports whether
+// the record is gone.
+func (s *LeftoverSweeper) drop(ctx context.Context, e pendingEntry, msg string, args ...any) bool {
+	s.Log.Warn(msg, append([]any{"job_id", e.p.JobID, "host", e.p.Host, "dir", e.p.Dir, "names", e.p.Names, "key", e.key}, args...)...)
+	if err := s.Store.forget(ctx, e.key); err != nil {
+		if ctx.Err() == nil {
+			s.Log.Warn("dropping a leftovers record", "key", e.key, "err", err)
+		}
+		return false
+	}
+	return true
 }
 
 // check refuses a record that could make the sweep remove what is not a job's own:

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 // cmd/ferry's TestSystemUpdateLeftoversOnAHostOutOfReach); it counts open sessions.
 type hostsFunc struct {
 	open func(host string) error
+	mu   sync.Mutex
 	n    int
 }
 
@@ -28,8 +31,10 @@ func (h *hostsFunc) Open(_ context.Context, host string) (Remote, func(), error)
 	if err := h.open(host); err != nil {
 		return nil, nil, err
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.n++
-	return &localRemote{}, func() { h.n-- }, nil
+	return &localRemote{}, func() { h.mu.Lock(); h.n--; h.mu.Unlock() }, nil
 }
 
 // The sweep removes the leftovers of hosts that answer and forgets them; it keeps
@@ -138,5 +143,44 @@ func TestKeepable(t *testing.T) {
 		if got := keepable(tc.err); got != tc.want {
 			t.Errorf("keepable(%v) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// A host that does not answer holds only its own turn: the sweep tries the others
+// meanwhile (here, no host's dial ends until every host is being dialled).
+func TestLeftoverSweepTriesHostsAtOnce(t *testing.T) {
+	srv := bustest.Start(t, bus.Topology{})
+	_, js := srv.Connect(t, "cleanup")
+	ctx := context.Background()
+	kv, err := js.KeyValue(ctx, contracts.BucketLeftovers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &LeftoverStore{KV: kv}
+	const n = 3
+	for i := range n {
+		job, host := fmt.Sprintf("job-%d", i), fmt.Sprintf("hung-%d", i)
+		err := store.Keep(ctx, contracts.PendingLeftover{Schema: contracts.SchemaPendingLeftover, JobID: job, Since: time.Now(), Reason: "refused",
+			Leftover: contracts.Leftover{Host: host, Dir: t.TempDir(), Names: []string{contracts.TempName("a", job)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var dialling sync.WaitGroup
+	dialling.Add(n)
+	all := make(chan struct{})
+	go func() { dialling.Wait(); close(all) }()
+	hosts := &hostsFunc{open: func(host string) error {
+		dialling.Done()
+		select {
+		case <-all:
+		case <-time.After(20 * time.Second):
+			t.Errorf("%s: the other hosts were not tried while it hung", host)
+		}
+		return worker.Retryable(contracts.CodeUnreachable, errors.New("i/o timeout"))
+	}}
+	sw := &LeftoverSweeper{Store: store, Hosts: hosts, Log: slog.New(slog.DiscardHandler)}
+	if res, err := sw.Sweep(ctx); err != nil || res != (SweepResult{Pending: n}) {
+		t.Fatalf("sweep: %+v, %v", res, err)
 	}
 }
