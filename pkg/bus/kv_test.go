@@ -24,28 +24,10 @@ import (
 // caller's deadline; a create or compare-and-set must not be reported as a conflict
 // with itself, nor be applied twice.
 func TestKeyValueWriteSurvivesALostReply(t *testing.T) {
-	srv := bustest.Start(t, bus.Topology{})
-	_, direct := srv.Connect(t, "observer")
-	p := startLossyProxy(t, srv.Addr().String())
-	nc, err := nats.Connect("nats://"+p.addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	kv, err := bus.WaitKeyValue(ctx, js, contracts.BucketJobs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen, err := bus.WaitKeyValue(ctx, direct, contracts.BucketJobs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := startProxiedBucket(ctx, t, contracts.BucketJobs)
+	p, kv, seen := b.p, b.kv, b.seen
 	first, err := kv.Create(ctx, "job-a", []byte("v1"))
 	if err != nil {
 		t.Fatal(err)
@@ -135,6 +117,46 @@ func TestKeyValueConflictStaysAConflict(t *testing.T) {
 	if _, err := kv.Create(ctx, "job-a", []byte("mine")); !errors.Is(err, jetstream.ErrKeyExists) {
 		t.Errorf("create of an existing key: %v, want key exists", err)
 	}
+}
+
+// proxiedBucket is a bucket of a server of its own, bound through a lossyProxy (kv)
+// and directly (seen, to look at what landed).
+type proxiedBucket struct {
+	p        *lossyProxy
+	nc       *nats.Conn
+	kv, seen jetstream.KeyValue
+	// reconnected receives a value each time nc has reconnected.
+	reconnected chan struct{}
+}
+
+func startProxiedBucket(ctx context.Context, t *testing.T, bucket string) proxiedBucket {
+	t.Helper()
+	srv := bustest.Start(t, bus.Topology{})
+	_, direct := srv.Connect(t, "observer")
+	b := proxiedBucket{p: startLossyProxy(t, srv.Addr().String()), reconnected: make(chan struct{}, 10)}
+	nc, err := nats.Connect("nats://"+b.p.addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			select {
+			case b.reconnected <- struct{}{}:
+			default:
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	b.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.kv, err = bus.WaitKeyValue(ctx, js, bucket); err != nil {
+		t.Fatal(err)
+	}
+	if b.seen, err = bus.WaitKeyValue(ctx, direct, bucket); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // lossyProxy forwards TCP connections to a NATS server. While muted, what the server
@@ -259,30 +281,10 @@ func (p *lossyProxy) hold(n int) bool {
 // comes first, never a shorter list; and once the client has reconnected it comes
 // back whole, well before the caller's deadline.
 func TestKeyValueListSurvivesALostReply(t *testing.T) {
-	srv := bustest.Start(t, bus.Topology{})
-	_, direct := srv.Connect(t, "observer")
-	p := startLossyProxy(t, srv.Addr().String())
-	reconnected := make(chan struct{}, 10)
-	nc, err := nats.Connect("nats://"+p.addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
-		nats.ReconnectHandler(func(*nats.Conn) { reconnected <- struct{}{} }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	kv, err := bus.WaitKeyValue(ctx, js, contracts.BucketLeases)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen, err := bus.WaitKeyValue(ctx, direct, contracts.BucketLeases)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := startProxiedBucket(ctx, t, contracts.BucketLeases)
+	p, kv, seen, reconnected := b.p, b.kv, b.seen, b.reconnected
 	// About 150 bytes a key on the wire: the proxy's budget below runs out mid-list.
 	const n = 3000
 	for i := range n {
@@ -322,7 +324,7 @@ func TestKeyValueListSurvivesALostReply(t *testing.T) {
 		select {
 		case <-reconnected:
 		case <-time.After(10 * time.Second):
-			t.Fatalf("not reconnected: %v", nc.Status())
+			t.Fatalf("not reconnected: %v", b.nc.Status())
 		}
 		p.muteAfter(100 << 10)
 		type result struct {

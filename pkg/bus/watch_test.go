@@ -11,7 +11,6 @@ import (
 	"github.com/ferrydesk/ferry/contracts"
 	"github.com/ferrydesk/ferry/pkg/bus"
 	"github.com/ferrydesk/ferry/pkg/bus/bustest"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -185,29 +184,11 @@ func TestFollowBoundsTheMaking(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits out one attempt")
 	}
-	srv := bustest.Start(t, bus.Topology{})
-	_, direct := srv.Connect(t, "observer")
-	p := startLossyProxy(t, srv.Addr().String())
-	nc, err := nats.Connect("nats://"+p.addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	kv, err := bus.WaitKeyValue(ctx, js, contracts.BucketLeases)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen, err := bus.WaitKeyValue(ctx, direct, contracts.BucketLeases)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev, err := seen.Put(ctx, "a.h", []byte("1"))
+	b := startProxiedBucket(ctx, t, contracts.BucketLeases)
+	p, kv := b.p, b.kv
+	rev, err := b.seen.Put(ctx, "a.h", []byte("1"))
 	if err != nil {
 		t.Fatal(err)
 	}

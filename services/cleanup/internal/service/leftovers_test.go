@@ -37,18 +37,26 @@ func (h *hostsFunc) Open(_ context.Context, host string) (Remote, func(), error)
 	return &localRemote{}, func() { h.mu.Lock(); h.n--; h.mu.Unlock() }, nil
 }
 
+// startLeftoverStore is the leftovers bucket of a server of the test's own, as
+// cleanup's user binds it.
+func startLeftoverStore(t *testing.T) *LeftoverStore {
+	t.Helper()
+	srv := bustest.Start(t, bus.Topology{})
+	_, js := srv.Connect(t, "cleanup")
+	kv, err := js.KeyValue(context.Background(), contracts.BucketLeftovers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &LeftoverStore{KV: kv}
+}
+
 // The sweep removes the leftovers of hosts that answer and forgets them; it keeps
 // those of hosts still out of reach until they are too old; it drops records of hosts
 // no longer in the inventory and records naming anything but a job's temporary files.
 func TestLeftoverSweep(t *testing.T) {
-	srv := bustest.Start(t, bus.Topology{})
-	_, js := srv.Connect(t, "cleanup")
 	ctx := context.Background()
-	kv, err := js.KeyValue(ctx, contracts.BucketLeftovers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := &LeftoverStore{KV: kv}
+	store := startLeftoverStore(t)
+	kv := store.KV
 	dir := t.TempDir()
 	mine, other, own := filepath.Join(dir, contracts.TempName("a.tar.zst", "job-1")), filepath.Join(dir, contracts.TempName("a.tar.zst", "job-9")), filepath.Join(dir, "app.conf")
 	for _, p := range []string{mine, other, own} {
@@ -149,14 +157,8 @@ func TestKeepable(t *testing.T) {
 // A host that does not answer holds only its own turn: the sweep tries the others
 // meanwhile (here, no host's dial ends until every host is being dialled).
 func TestLeftoverSweepTriesHostsAtOnce(t *testing.T) {
-	srv := bustest.Start(t, bus.Topology{})
-	_, js := srv.Connect(t, "cleanup")
 	ctx := context.Background()
-	kv, err := js.KeyValue(ctx, contracts.BucketLeftovers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := &LeftoverStore{KV: kv}
+	store := startLeftoverStore(t)
 	const n = 3
 	for i := range n {
 		job, host := fmt.Sprintf("job-%d", i), fmt.Sprintf("hung-%d", i)
