@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -27,15 +28,16 @@ type FollowOptions struct {
 	// Loaded, when set, is called once, when the current values are delivered (soon
 	// after the start without FromStart).
 	Loaded func()
-	// Remade, when set, is called each time the watcher is made again, with the
-	// revision it resumes from and why.
+	// Remade, when set, is called each time the watcher has been made again, with
+	// the revision it resumes from and why the one before ended.
 	Remade func(from uint64, why error)
 }
 
 // errWatcherClosed is why a watcher is made again when the library closed it.
 var errWatcherClosed = errors.New("the watcher's channel was closed")
 
-// Follow calls fn with the entries of kv, in revision order, until ctx ends.
+// Follow calls fn with the entries of kv, in revision order, until ctx ends or the
+// connection is closed.
 //
 // The client library's watcher is an ordered consumer. When it cannot make its
 // consumer again (a node died under it and the retry met an error the library does
@@ -56,10 +58,14 @@ func Follow(ctx context.Context, kv jetstream.KeyValue, o FollowOptions, fn func
 		next = last + 1
 	}
 	loaded := o.Loaded
+	var why error // why the last watcher ended, or the last making failed
 	for {
 		wctx, stop := context.WithCancel(ctx)
 		w, err := makeWatcher(wctx, kv, o.IgnoreDeletes, next)
 		if err == nil {
+			if why != nil && o.Remade != nil {
+				o.Remade(next, why)
+			}
 			err = func() error {
 				for {
 					select {
@@ -84,15 +90,13 @@ func Follow(ctx context.Context, kv jetstream.KeyValue, o FollowOptions, fn func
 			_ = w.Stop()
 		}
 		stop()
-		if ctx.Err() != nil {
-			return nil
+		if ctx.Err() != nil || errors.Is(err, nats.ErrConnectionClosed) {
+			return nil // the watch ends with its context, or with the connection closed by its owner
 		}
 		if !errors.Is(err, errWatcherClosed) && !transient(err) {
 			return err
 		}
-		if o.Remade != nil {
-			o.Remade(next, err)
-		}
+		why = err
 		select {
 		case <-ctx.Done():
 			return nil

@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -19,11 +20,16 @@ import (
 // subscription ends, and with it the channel).
 type givingUpKV struct {
 	jetstream.KeyValue
+	// calls, when set, receives the context of every watcher's making.
+	calls    chan context.Context
 	mu       sync.Mutex
 	watchers []jetstream.KeyWatcher
 }
 
 func (k *givingUpKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	if k.calls != nil {
+		k.calls <- ctx
+	}
 	w, err := k.KeyValue.WatchAll(ctx, opts...)
 	if err == nil {
 		k.mu.Lock()
@@ -187,16 +193,52 @@ func TestFollowBoundsTheMaking(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	b := startProxiedBucket(ctx, t, contracts.BucketLeases)
-	p, kv := b.p, b.kv
 	rev, err := b.seen.Put(ctx, "a.h", []byte("1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.mute(true)
+	kv := &givingUpKV{KeyValue: b.kv, calls: make(chan context.Context, 10)}
+	b.p.mute(true)
 	f := follow(ctx, kv, bus.FollowOptions{FromStart: true})
-	why := f.waitRemade(t)
-	t.Logf("made again: %v", why)
-	p.mute(false)
+	first := <-kv.calls
+	select {
+	case <-first.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("a making without an answer still waited for after 30 s")
+	}
+	// The connection the answer was held back on goes: the answer is lost with it.
+	b.p.cut()
+	b.p.mute(false)
+	if why := f.waitRemade(t); !errors.Is(why, context.DeadlineExceeded) {
+		t.Errorf("made again because of %v, want a deadline", why)
+	}
 	f.expect(t, fmt.Sprintf("KeyValuePutOp a.h=1@%d", rev))
 	<-f.loaded
+}
+
+// TestFollowEndsWithTheConnection: a connection closed by its owner (a service
+// shutting down) ends the watch, without an error and without a remake.
+func TestFollowEndsWithTheConnection(t *testing.T) {
+	srv := bustest.Start(t, bus.Topology{})
+	nc, js := srv.Connect(t, "orchestrator")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	kv, err := bus.WaitKeyValue(ctx, js, contracts.BucketLeases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := follow(ctx, kv, bus.FollowOptions{FromStart: true})
+	<-f.loaded
+	nc.Close()
+	select {
+	case err := <-f.done:
+		if err != nil {
+			t.Errorf("Follow ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Follow still running 10 s after its connection was closed")
+	}
+	if len(f.remade) > 0 {
+		t.Errorf("made again after the connection was closed: %v", <-f.remade)
+	}
 }
