@@ -50,11 +50,18 @@ func (d *Dialer) Dial(ctx context.Context, host, fingerprint string) (*sshdial.C
 	return d.dial(ctx, host, fingerprint)
 }
 
-func (d *Dialer) dial(ctx context.Context, name, fingerprint string) (*sshdial.Client, error) {
+// Host returns the inventory entry of name; a name the inventory does not hold is a
+// permanent not_found step error.
+func (d *Dialer) Host(ctx context.Context, name string) (contracts.Host, error) {
 	h, _, err := d.Hosts.Get(ctx, name)
 	if errors.Is(err, inventory.ErrUnknownHost) {
-		return nil, worker.Permanent(contracts.CodeNotFound, err)
+		return h, worker.Permanent(contracts.CodeNotFound, err)
 	}
+	return h, err
+}
+
+func (d *Dialer) dial(ctx context.Context, name, fingerprint string) (*sshdial.Client, error) {
+	h, err := d.Host(ctx, name)
 	if err != nil {
 		return nil, err
 	}

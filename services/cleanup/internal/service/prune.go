@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
-	"github.com/ferrydesk/ferry/pkg/inventory"
 	"github.com/ferrydesk/ferry/pkg/logctx"
 	"github.com/ferrydesk/ferry/pkg/remote"
 	"github.com/ferrydesk/ferry/pkg/session"
@@ -283,10 +282,7 @@ type DirectDialer struct {
 
 // Open dials host and opens an SFTP session within its roots.
 func (d *DirectDialer) Open(ctx context.Context, host string) (Remote, func(), error) {
-	h, _, err := d.Dialer.Hosts.Get(ctx, host)
-	if errors.Is(err, inventory.ErrUnknownHost) {
-		return nil, nil, worker.Permanent(contracts.CodeNotFound, err)
-	}
+	h, err := d.Dialer.Host(ctx, host)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -321,10 +317,7 @@ func (l *LeaseConnector) Connect(ctx context.Context, job, host string) (Remote,
 	if !contracts.ValidID(host) {
 		return nil, worker.Permanent(contracts.CodeInvalidCommand, fmt.Errorf("%q is not a host name", host))
 	}
-	h, _, err := l.Dialer.Hosts.Get(ctx, host)
-	if errors.Is(err, inventory.ErrUnknownHost) {
-		return nil, worker.Permanent(contracts.CodeNotFound, err)
-	}
+	h, err := l.Dialer.Host(ctx, host)
 	if err != nil {
 		return nil, err
 	}

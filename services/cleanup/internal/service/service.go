@@ -101,6 +101,24 @@ func (c *cleanup) RemoveStaging(ctx context.Context, args contracts.RemoveStagin
 // leftoversRetry is how often a host out of reach is tried for a job's leftovers.
 const leftoversRetry = 2 * time.Second
 
+// permanent reports whether err is a step error that trying again cannot get past.
+func permanent(err error) bool {
+	var se *contracts.StepError
+	return errors.As(err, &se) && !se.Retryable
+}
+
+// pause waits d and reports true, or false as soon as ctx ends.
+func pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 // removeLeftovers removes the job's temporary files l names on a host. A host that
 // went away (the reason the job failed, often) is tried again until the budget of ctx
 // is spent: it may be back a moment later. What cannot be removed then is recorded for
@@ -112,18 +130,8 @@ func (c *cleanup) removeLeftovers(ctx context.Context, job string, l contracts.L
 		return
 	}
 	r, err := c.connector.Connect(ctx, job, l.Host)
-	for err != nil {
-		var se *contracts.StepError
-		if errors.As(err, &se) && !se.Retryable {
-			break
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(leftoversRetry):
-			r, err = c.connector.Connect(ctx, job, l.Host)
-			continue
-		}
-		break
+	for err != nil && !permanent(err) && pause(ctx, leftoversRetry) {
+		r, err = c.connector.Connect(ctx, job, l.Host)
 	}
 	if err == nil {
 		if err = removeNames(r, l, log); err == nil {

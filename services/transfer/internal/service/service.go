@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/ferrydesk/ferry/contracts"
-	"github.com/ferrydesk/ferry/pkg/inventory"
 	"github.com/ferrydesk/ferry/pkg/remote"
 	"github.com/ferrydesk/ferry/pkg/session"
 	"github.com/ferrydesk/ferry/pkg/sshdial"
@@ -90,10 +89,7 @@ func (t *Transfer) connect(ctx context.Context, host string) (*sshdial.Client, *
 	if !contracts.ValidID(host) {
 		return nil, nil, nil, worker.Permanent(contracts.CodeInvalidCommand, fmt.Errorf("%q is not a host name", host))
 	}
-	h, _, err := t.dialer.Hosts.Get(ctx, host)
-	if errors.Is(err, inventory.ErrUnknownHost) {
-		return nil, nil, nil, worker.Permanent(contracts.CodeNotFound, err)
-	}
+	h, err := t.dialer.Host(ctx, host)
 	if err != nil {
 		return nil, nil, nil, err
 	}
